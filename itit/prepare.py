@@ -1,0 +1,181 @@
+r"""Raw data -> token shards: `python -m itit.prepare --config=configs/prepare_shapes.py --out_dir=DIR`.
+
+Images go through a trained VQGAN (`--config.image_tokenizer=VQGAN_WORKDIR`), texts through a
+SentencePiece model (`--config.text_tokenizer=spiece.model`, or trained here on the training
+texts when empty and saved as DIR/spiece.model). Each stream becomes one shard folder
+DIR/<stream>/ with a manifest recording both tokenizers' sha256; `itit.train` refuses data whose
+identities differ from what a checkpoint was trained on.
+
+Re-running the same command resumes: completed streams are skipped, a partial one continues from
+its last complete shard.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from typing import Iterator
+
+from absl import app
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from itit.data import shapes
+from itit.data import shards
+from itit.data import sources
+from itit.data import webdataset
+from itit.data.text_tokenizer import TextTokenizer
+from itit.models import vqgan
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Prepare config file.', lock_config=True)
+_OUT_DIR = flags.DEFINE_string('out_dir', None, 'Folder of the token shards (one sub-folder per stream).')
+
+# What each stream kind keeps of a record.
+KINDS = ('paired', 'image', 'text')
+
+
+def _paths(pattern: str) -> list[str]:
+  found = sorted(glob.glob(pattern))
+  if not found:
+    raise sources.SourceError(f'no file matches {pattern!r}: check the path in the prepare config')
+  return found
+
+
+def stream_records(stream_config, *, image_size: int, min_image_size: int,
+                   skips: sources.SkipCounter, shapes_splits=None) -> Iterator[sources.Record]:
+  """The records of one stream, per its `source`; image-less or text-less as its `kind` says."""
+  kind, source = stream_config.kind, stream_config.source
+  if kind not in KINDS:
+    raise ValueError(f'stream kind must be one of {KINDS}, got {kind!r}')
+  if source == 'shapes':
+    scenes = shapes_splits[stream_config.split]
+    seed = stream_config.get('seed', 0)
+    for index, (image, text) in enumerate(shapes.examples(scenes, seed, image_size)):
+      yield sources.Record(f'{stream_config.split}/{index}', image, text)
+    return
+  if source == 'coco':
+    records = sources.coco_captions(stream_config.annotations, stream_config.images,
+                                    size=image_size, min_size=min_image_size, skips=skips)
+  elif source == 'karpathy':
+    records = sources.karpathy_coco(stream_config.annotations, stream_config.images,
+                                    split=stream_config.split, size=image_size,
+                                    min_size=min_image_size, skips=skips)
+  elif source == 'webdataset':
+    records = webdataset.webdataset(_paths(stream_config.tars), size=image_size,
+                                    min_size=min_image_size, skips=skips,
+                                    with_text=kind != 'image')
+  elif source == 'image_folder':
+    records = sources.image_folder(stream_config.images,
+                                   captions=stream_config.get('captions') or None,
+                                   size=image_size, min_size=min_image_size, skips=skips)
+  elif source == 'text_files':
+    if kind != 'text':
+      raise ValueError(f"source 'text_files' can only feed a text stream, not {kind!r}")
+    records = sources.text_files(_paths(stream_config.texts), skips=skips)
+  else:
+    raise ValueError(f'unknown source {source!r}: use shapes, coco, karpathy, webdataset, '
+                     'image_folder or text_files')
+  for record in records:
+    if kind == 'image':
+      yield sources.Record(record.key, record.image, None)
+    elif kind == 'text':
+      yield sources.Record(record.key, None, record.text)
+    else:
+      yield record
+
+
+def dedup_images(tokenize):
+  """Tokenizes each distinct image of a batch once (COCO repeats an image for its 5 captions)."""
+
+  def run(images: np.ndarray) -> np.ndarray:
+    index_of, unique, positions = {}, [], []
+    for image in images:
+      key = hashlib.sha1(image.tobytes()).digest()
+      if key not in index_of:
+        index_of[key] = len(unique)
+        unique.append(image)
+      positions.append(index_of[key])
+    return np.asarray(tokenize(np.stack(unique)))[np.asarray(positions)]
+
+  return run
+
+
+def _text_tokenizer(config, out_dir: str, splits) -> TextTokenizer:
+  if config.text_tokenizer:
+    return TextTokenizer.load(config.text_tokenizer)
+  model_path = os.path.join(out_dir, 'spiece.model')
+  if os.path.isfile(model_path):
+    return TextTokenizer.load(model_path)
+  if config.text_corpus == 'shapes':
+    texts = shapes.caption_corpus(seed=config.get('shapes_seed', 0))
+  else:
+    texts = [r.text for r in sources.text_files(_paths(config.text_corpus),
+                                                skips=sources.SkipCounter())]
+  print(f'Training a {config.text_vocab_size}-piece SentencePiece model on {len(texts)} texts.')
+  return TextTokenizer.train(texts, model_path, config.text_vocab_size)
+
+
+def prepare(config: ml_collections.ConfigDict, out_dir: str) -> dict:
+  """Writes every configured stream; returns {stream: {'records': n, 'skipped': {...}}}."""
+  os.makedirs(out_dir, exist_ok=True)
+  splits = None
+  if any(s.source == 'shapes' for s in config.streams.values()):
+    splits = shapes.make_splits(config.shapes.seed, paired_fraction=config.shapes.paired_fraction,
+                                num_train=config.shapes.num_train, num_test=config.shapes.num_test)
+  text_tokenizer = _text_tokenizer(config, out_dir, splits)
+  needs_images = any(s.kind != 'text' for s in config.streams.values())
+  image_tokenizer, image_identity = None, None
+  if needs_images:
+    if not config.image_tokenizer:
+      raise ValueError('config.image_tokenizer is empty: pass the workdir of a trained VQGAN '
+                       '(python -m itit.train_tokenizer) as --config.image_tokenizer=DIR')
+    params, vq_config = vqgan.load_tokenizer(config.image_tokenizer)
+    if vq_config.image_size != config.image_size:
+      raise ValueError(f'the VQGAN in {config.image_tokenizer} takes {vq_config.image_size}px '
+                       f'images but config.image_size is {config.image_size}')
+    image_tokenizer = dedup_images(vqgan.tokenizer_fn(params, vq_config, config.batch_size))
+    image_identity = {'kind': 'vqgan', 'sha256': vq_config.sha256,
+                      'codebook_size': int(vq_config.codebook_size),
+                      'grid_size': int(vqgan.grid_size(vq_config))}
+  summary = {}
+  for name, stream_config in sorted(config.streams.items()):
+    skips = sources.SkipCounter()
+    kind = stream_config.kind
+    identities = {}
+    if kind != 'text':
+      identities['image_tokenizer'] = image_identity
+    total = len(splits[stream_config.split]) if stream_config.source == 'shapes' else None
+    print(f'Stream {name} ({kind}, from {stream_config.source}):', flush=True)
+    manifest = shards.write_shards(
+        os.path.join(out_dir, name),
+        stream_records(stream_config, image_size=config.image_size,
+                       min_image_size=config.min_image_size, skips=skips, shapes_splits=splits),
+        image_tokenizer=image_tokenizer if kind != 'text' else None,
+        text_tokenizer=text_tokenizer if kind != 'image' else None,
+        max_text_len=config.max_text_len, identities=identities,
+        config=dict(stream=stream_config.to_dict(), image_size=config.image_size,
+                    shapes=config.shapes.to_dict() if stream_config.source == 'shapes' else None),
+        records_per_shard=config.records_per_shard, batch_size=config.batch_size, total=total)
+    summary[name] = {'records': manifest['num_records'], 'skipped': dict(skips.counts)}
+    if skips.total:
+      print(f'  skipped {skips.total}: {skips.summary()}', flush=True)
+  with open(os.path.join(out_dir, 'prepare_summary.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  print(f'Token shards in {os.path.abspath(out_dir)}: ' +
+        ', '.join(f'{k}={v["records"]}' for k, v in summary.items()), flush=True)
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _CONFIG.value is None or _OUT_DIR.value is None:
+    raise app.UsageError('--config and --out_dir are required')
+  prepare(_CONFIG.value, _OUT_DIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
