@@ -1,0 +1,93 @@
+"""Tests for itit.models.layers: masks, attention with a KV cache, the pre-norm block."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from itit.models import layers
+
+
+def test_git_mask_layout():
+  # 2 prefix rows (features), 3 text rows; the second feature is padding.
+  positions = jnp.arange(5)
+  mask = layers.git_mask(positions, positions, 2, jnp.array([[True, False, True, True, True]]))
+  expected = np.array([
+      [1, 0, 0, 0, 0],  # features see valid features only
+      [1, 0, 0, 0, 0],
+      [1, 0, 1, 0, 0],  # text sees features and earlier text
+      [1, 0, 1, 1, 0],
+      [1, 0, 1, 1, 1],
+  ], bool)
+  np.testing.assert_array_equal(mask[0, 0], expected)
+  # A decoding step (query at absolute position 3) gets the same row.
+  step = layers.git_mask(jnp.array([3]), positions, 2, jnp.array([[1, 0, 1, 1, 1]], bool))
+  np.testing.assert_array_equal(step[0, 0, 0], expected[3])
+
+
+def test_causal_and_padding_masks():
+  np.testing.assert_array_equal(layers.causal_mask(3)[0, 0], np.tril(np.ones((3, 3), bool)))
+  assert layers.padding_mask(jnp.ones((2, 4), bool)).shape == (2, 1, 1, 4)
+
+
+@pytest.fixture(scope='module')
+def block_and_params():
+  block = layers.TransformerBlock(num_heads=2, mlp_dim=16, dropout=0.1)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 8))
+  params = block.init(jax.random.PRNGKey(1), x, deterministic=True)['params']
+  return block, params, x
+
+
+def test_block_padding_keys_have_no_effect(block_and_params):
+  block, params, x = block_and_params
+  valid = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
+  mask = layers.padding_mask(valid)
+  out = block.apply({'params': params}, x, mask, deterministic=True)
+  assert out.shape == x.shape
+  changed = x.at[0, 4:].set(100.0)
+  out_changed = block.apply({'params': params}, changed, mask, deterministic=True)
+  np.testing.assert_allclose(out_changed[0, :4], out[0, :4], atol=1e-6)
+  # Dropout is active only when not deterministic.
+  noisy = block.apply({'params': params}, x, mask, deterministic=False,
+                      rngs={'dropout': jax.random.PRNGKey(2)})
+  assert not np.allclose(noisy, out)
+
+
+def test_block_params_are_annotated(block_and_params):
+  block, _, x = block_and_params
+  boxed = block.init(jax.random.PRNGKey(1), x, deterministic=True)['params']
+  leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda v: hasattr(v, 'names'))
+  assert leaves and all(len(leaf.names) == leaf.value.ndim for leaf in leaves)
+
+
+def test_attention_kv_cache_matches_full_pass():
+  attention = layers.Attention(num_heads=2)
+  length, prefix = 7, 3
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, length, 8))
+  positions = jnp.arange(length)
+  full_mask = layers.git_mask(positions, positions, prefix)
+  params = attention.init(jax.random.PRNGKey(1), x, full_mask)['params']
+  full = attention.apply({'params': params}, x, full_mask)
+
+  cache_length = length + 2  # room to spare: unwritten slots are masked out
+  key_valid = jnp.arange(cache_length) < prefix + 1
+  first_mask = layers.git_mask(jnp.arange(prefix + 1), jnp.arange(cache_length), prefix,
+                               key_valid[None])
+  out, variables = attention.apply({'params': params}, x[:, :prefix + 1], first_mask,
+                                   decode=True, cache_length=cache_length, mutable=['cache'])
+  outputs = [out]
+  for position in range(prefix + 1, length):
+    key_valid = jnp.arange(cache_length) <= position
+    step_mask = layers.git_mask(jnp.array([position]), jnp.arange(cache_length), prefix,
+                                key_valid[None])
+    out, variables = attention.apply({'params': params, **variables},
+                                     x[:, position:position + 1], step_mask, decode=True,
+                                     mutable=['cache'])
+    outputs.append(out)
+  np.testing.assert_allclose(jnp.concatenate(outputs, axis=1), full, atol=1e-5)
+  assert int(variables['cache']['cache_index']) == length
+
+
+def test_first_decode_call_needs_cache_length():
+  attention = layers.Attention(num_heads=2)
+  with pytest.raises(ValueError, match='cache_length'):
+    attention.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 8)), decode=True)

@@ -1,0 +1,134 @@
+"""Tests for itit.losses: cross-entropy vs optax, the I2T gradient scale, the paired losses."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import tiny
+from itit import losses
+from itit.models import itit
+from itit.models.itit import ITIT
+
+
+def test_label_smoothing_agrees_with_optax():
+  rng = np.random.RandomState(0)
+  logits = jnp.asarray(rng.randn(3, 5, 11), jnp.float32)
+  targets = jnp.asarray(rng.randint(0, 11, (3, 5)))
+  weights = jnp.asarray(rng.rand(3, 5) > 0.3)
+  loss, accuracy = losses.weighted_cross_entropy(logits, targets, weights, 0.1)
+  smoothed = optax.smooth_labels(jax.nn.one_hot(targets, 11), 0.1)
+  per_token = optax.softmax_cross_entropy(logits, smoothed)
+  expected = jnp.sum(per_token * weights) / jnp.sum(weights)
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  correct = (jnp.argmax(logits, -1) == targets) & weights
+  np.testing.assert_allclose(accuracy, correct.sum() / weights.sum(), rtol=1e-6)
+
+
+def test_lm_loss_counts_eos_not_pad():
+  text_ids = jnp.array([[5, 1, 0, 0]])
+  logits = jax.nn.one_hot(jnp.array([[5, 1, 7, 7]]), 9) * 10.0
+  loss, accuracy = losses.lm_loss(logits, text_ids)
+  assert float(accuracy) == 1.0
+  # Only the two real positions count: changing the pad positions' logits changes nothing.
+  other, _ = losses.lm_loss(logits.at[:, 2:].set(0.0), text_ids)
+  np.testing.assert_allclose(other, loss)
+  np.testing.assert_array_equal(losses.decoder_input(text_ids), [[0, 5, 1, 0]])
+
+
+def test_masked_token_loss_ignores_unmasked_positions():
+  logits = jnp.zeros((1, 4, 6)).at[0, 0, 2].set(5.0)
+  tokens = jnp.array([[2, 3, 4, 5]])
+  mask = jnp.array([[True, False, False, False]])
+  loss, accuracy = losses.masked_token_loss(logits, tokens, mask)
+  np.testing.assert_allclose(loss, -jax.nn.log_softmax(logits[0, 0])[2], rtol=1e-6)
+  assert float(accuracy) == 1.0
+
+
+def test_scale_gradient():
+  x = jnp.array([1.5, -2.0, 3.25])
+  np.testing.assert_array_equal(losses.scale_gradient(x, 0.1), x)
+  grad = jax.grad(lambda v: jnp.sum(losses.scale_gradient(v, 0.1) * jnp.array([1., 2., 3.])))(x)
+  np.testing.assert_array_equal(grad, 0.1 * jnp.array([1., 2., 3.]))
+
+
+@pytest.fixture(scope='module')
+def setup():
+  config = tiny.get_config()
+  config.model.dropout = 0.0
+  model = ITIT(config.model)
+  params = nn.unbox(jax.jit(lambda rng: itit.init_params(config.model, rng))(
+      jax.random.PRNGKey(0)))
+  rng = np.random.RandomState(0)
+  batch = {
+      'image_tokens': jnp.asarray(rng.randint(0, config.model.image_vocab_size, (3, 16)),
+                                  jnp.int32),
+      'text_ids': jnp.array([[5, 9, 3, 1, 0, 0, 0, 0], [7, 8, 1, 0, 0, 0, 0, 0],
+                             [4, 4, 4, 4, 4, 4, 4, 1]], jnp.int32),
+  }
+  return config, model, params, batch
+
+
+def test_paired_losses_run_and_report(setup):
+  config, model, params, batch = setup
+  rng = jax.random.PRNGKey(1)
+  run = lambda fn, cfg: jax.jit(functools.partial(fn, model=model, config=cfg))(
+      params, batch, rng)
+  loss, metrics = run(losses.i2t_loss, config)
+  assert set(metrics) == {'i2t_loss', 'i2t_token_accuracy', 'i2i_loss',
+                          'i2i_masked_token_accuracy'}
+  np.testing.assert_allclose(loss, metrics['i2t_loss'] + metrics['i2i_loss'], rtol=1e-6)
+  # Near-uniform predictions at init: loss about log(vocab).
+  assert abs(float(metrics['i2t_loss']) - np.log(config.model.text_vocab_size)) < 1.0
+  loss, metrics = run(losses.t2i_loss, config)
+  assert set(metrics) == {'t2i_loss', 't2i_masked_token_accuracy'}
+  assert abs(float(loss) - np.log(config.model.image_vocab_size)) < 1.0
+  config_no_i2i = config.copy_and_resolve_references()
+  config_no_i2i.loss.i2i = False
+  loss, metrics = run(losses.i2t_loss, config_no_i2i)
+  assert set(metrics) == {'i2t_loss', 'i2t_token_accuracy'}
+
+
+def test_i2t_gradient_to_encoder_is_scaled(setup):
+  """With the I2I term off, the encoder's gradient under scale 0.1 is 0.1x the unscaled one."""
+  config, model, params, batch = setup
+
+  def encoder_grads(scale):
+    cfg = config.copy_and_resolve_references()
+    cfg.loss.i2i = False
+    cfg.loss.i2t_encoder_grad_scale = scale
+    loss_fn = functools.partial(losses.i2t_loss, model=model, config=cfg)
+    return jax.jit(jax.grad(lambda p: loss_fn(p, batch, jax.random.PRNGKey(2))[0]))(params)
+
+  scaled, unscaled = encoder_grads(0.1), encoder_grads(1.0)
+  for name in ('encoder', 'encoder_image_embedding', 'text_encoder'):
+    for g_scaled, g_unscaled in zip(jax.tree_util.tree_leaves(scaled[name]),
+                                    jax.tree_util.tree_leaves(unscaled[name])):
+      np.testing.assert_allclose(g_scaled, 0.1 * g_unscaled, rtol=1e-4, atol=1e-9)
+  assert float(jnp.abs(unscaled['encoder']['block_0']['mlp']['wo']['kernel']).max()) > 0
+  # The decoder's own gradient is unscaled.
+  for g_scaled, g_unscaled in zip(jax.tree_util.tree_leaves(scaled['text_decoder']),
+                                  jax.tree_util.tree_leaves(unscaled['text_decoder'])):
+    np.testing.assert_array_equal(g_scaled, g_unscaled)
+
+
+def test_i2t_cotangent_at_encoder_output_is_exactly_scaled(setup):
+  config, model, params, batch = setup
+  image_tokens = batch['image_tokens']
+  mask = jnp.arange(16)[None].repeat(3, 0) < 10
+  encoded = model.apply({'params': params}, image_tokens, mask, deterministic=True,
+                        method=ITIT.encode)
+
+  def caption_loss(features, scale):
+    scaled = encoded.replace(features=losses.scale_gradient(features, scale))
+    logits = model.apply({'params': params}, scaled, losses.decoder_input(batch['text_ids']),
+                         deterministic=True, method=ITIT.decode_text)
+    return losses.lm_loss(logits, batch['text_ids'], 0.1)[0]
+
+  scaled = jax.grad(caption_loss)(encoded.features, 0.1)
+  unscaled = jax.grad(caption_loss)(encoded.features, 1.0)
+  np.testing.assert_array_equal(scaled, 0.1 * unscaled)
+  assert float(jnp.abs(unscaled).max()) > 0
