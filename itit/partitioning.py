@@ -1,0 +1,85 @@
+"""Device mesh, logical-axis rules and the shardings derived from them.
+
+Every parameter and main activation carries logical axis names ('batch', 'embed', 'mlp', ...);
+the rules below map them onto the mesh axes (data, fsdp, tensor). Rules are config data, so a new
+topology is a config change. Rules are applied in priority order and a mesh axis is used at most
+once per array (flax semantics): 'batch' comes first so activations shard over (data, fsdp) and
+their 'embed' dimension stays whole, while parameters shard 'embed' over fsdp.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+DEFAULT_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('embed', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('vocab', 'tensor'),
+    ('image_vocab', 'tensor'),
+    ('kv', None),
+    ('length', None),
+    ('layers', None),
+)
+
+
+def logical_rules(config) -> tuple[tuple[str, Any], ...]:
+  """The config's `sharding_rules` (list of [logical, mesh axis or axes]) or the defaults."""
+  rules = config.get('sharding_rules', None)
+  if not rules:
+    return DEFAULT_RULES
+  return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+               for name, axes in rules)
+
+
+def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
+  """Resolves (data, fsdp, tensor); one -1 entry takes the remaining devices."""
+  sizes = [int(mesh_config[axis]) for axis in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f'mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}')
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f'mesh: {num_devices} devices do not divide by the fixed axes '
+                       f'{dict(zip(MESH_AXES, sizes))}; set --config.mesh.* so their product divides '
+                       f'{num_devices}')
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f'mesh: {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but '
+                     f'{num_devices} are present; fix --config.mesh.* (use -1 on one axis to fill)')
+  return tuple(sizes)
+
+
+def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(mesh_config, len(devices))
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def tree_shardings(abstract_tree, mesh: Mesh, rules) -> Any:
+  """NamedShardings for a tree of (possibly boxed) abstract arrays from their logical names.
+
+  Leaves without logical annotations (optimizer counters, the step, RNG keys) are replicated.
+  """
+  specs = nn.get_partition_spec(abstract_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension over data and fsdp; everything else replicated."""
+  return NamedSharding(mesh, P(('data', 'fsdp')))
+
+
+def global_batch(local_batch, mesh: Mesh):
+  """Assembles this process's part of the batch into global arrays sharded over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)

@@ -1,0 +1,326 @@
+r"""Trains ITIT: `python -m itit.train --config=configs/shapes.py --workdir=DIR`.
+
+Re-running the same command in the same workdir resumes from the last checkpoint, with the
+optimizer state, RNG and input iterators exactly where they were. Resume order: the workdir's
+last checkpoint, else from scratch.
+
+Outputs in the workdir: checkpoints/, metrics.jsonl, tensorboard/, eval.json, config.json.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+import time
+import zlib
+from typing import Any, Callable, Mapping
+
+from absl import app
+from absl import flags
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from itit import checkpointing
+from itit import metric_writer
+from itit import partitioning
+from itit import train_data
+from itit.models import itit as itit_model
+from itit import losses
+from itit import optimizer as optimizer_lib
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and samples go.')
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  first_nonfinite_step: jax.Array  # -1 until a step has a non-finite loss or gradient
+  skipped_steps: jax.Array  # updates dropped under nan_policy='skip'
+
+
+def make_loss_fns(config, model) -> dict[str, tuple[str, Callable]]:
+  """The enabled losses: name -> (input stream, fn(params, batch, rng) -> (loss, metrics))."""
+  fns = {}
+  bind = dict(model=model, config=config)
+  if config.loss.t2i:
+    fns['t2i'] = ('paired', functools.partial(losses.t2i_loss, **bind))
+  if config.loss.i2t:
+    fns['i2t'] = ('paired', functools.partial(losses.i2t_loss, **bind))
+  if not fns:
+    raise ValueError('config.loss enables no loss: set at least one of loss.t2i, loss.i2t')
+  return fns
+
+
+def loss_rng(rng: jax.Array, name: str) -> jax.Array:
+  """A per-loss key that does not depend on which other losses are enabled."""
+  return jax.random.fold_in(rng, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def train_step(state: TrainState, batch: Mapping[str, Any], *, loss_fns, tx, schedule,
+               nan_policy: str) -> tuple[TrainState, dict]:
+  """One update: the enabled losses summed with equal weights (the paper's eqs. 1-4)."""
+  rng, step_rng = jax.random.split(state.rng)
+
+  def total_loss(params):
+    total, metrics = 0.0, {}
+    for name, (stream, fn) in sorted(loss_fns.items()):
+      loss, loss_metrics = fn(params, batch[stream], loss_rng(step_rng, name))
+      total = total + loss
+      metrics.update({f'{name}/{k}': v for k, v in loss_metrics.items()})
+    return total, metrics
+
+  (loss, metrics), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.tree.norm(grads)
+  update_norm = optax.tree.norm(updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
+  if nan_policy == 'skip':
+    keep = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree.map(keep, params, state.params)
+    opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+  first_bad = jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
+                        state.first_nonfinite_step)
+  skipped = state.skipped_steps + jnp.where(finite, 0, 1).astype(jnp.int32) * (nan_policy == 'skip')
+  metrics.update(loss=loss, l2_grads=grad_norm, l2_params=optax.tree.norm(params),
+                 l2_updates=update_norm, lr=schedule(state.step),
+                 skipped_steps=skipped)
+  new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
+                         first_nonfinite_step=first_bad, skipped_steps=skipped)
+  return new_state, metrics
+
+
+def eval_step(params, batch: Mapping[str, Any], rng, *, loss_fns) -> dict:
+  """Loss metrics without dropout on a held-out batch (teacher-forced, fixed masks per rng)."""
+  metrics = {}
+  for name, (stream, fn) in sorted(loss_fns.items()):
+    _, loss_metrics = fn(params, batch[stream], loss_rng(rng, name), deterministic=True)
+    metrics.update({f'{name}/{k}': v for k, v in loss_metrics.items()})
+  return metrics
+
+
+def opt_state_shardings(abstract_opt_state, abstract_params, param_shardings, mesh):
+  """Optimizer-state leaves shaped like a parameter (momentum) take that parameter's sharding.
+
+  Leaves are matched by tree path suffix and shape; factored or scalar statistics are replicated.
+  """
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  by_path = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
+    by_path[tuple(str(k) for k in path)] = leaf.shape
+  sharding_by_path = {
+      tuple(str(k) for k in path): s
+      for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
+
+  def pick(path, leaf):
+    keys = tuple(str(k) for k in path)
+    for start in range(len(keys)):
+      suffix = keys[start:]
+      if suffix in by_path and by_path[suffix] == leaf.shape:
+        return sharding_by_path[suffix]
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
+
+
+def validate_config(config, num_devices: int, process_count: int) -> None:
+  """Problems a user can fix, reported before anything compiles."""
+  mesh_sizes = partitioning.mesh_shape(config.mesh, num_devices)
+  data_parallel = mesh_sizes[0] * mesh_sizes[1]
+  for stream, size in config.batch.items():
+    if size % data_parallel:
+      raise ValueError(f'batch.{stream}={size} is not divisible by the data-parallel size '
+                       f'{data_parallel} (mesh data x fsdp); choose a multiple of {data_parallel}')
+    if size % process_count:
+      raise ValueError(f'batch.{stream}={size} is not divisible by the {process_count} processes')
+  if config.nan_policy not in ('halt', 'skip'):
+    raise ValueError(f"nan_policy must be 'halt' or 'skip', got {config.nan_policy!r}")
+  if not config.data.dir:
+    raise ValueError('data.dir is empty: point --config.data.dir at prepared shards '
+                     '(python -m itit.prepare)')
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag checked between steps, so the loop can save and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains to config.total_steps (resuming if the workdir has a checkpoint); returns eval metrics."""
+  jax.config.update('jax_threefry_partitionable', True)
+  validate_config(config, jax.device_count(), jax.process_count())
+  os.makedirs(workdir, exist_ok=True)
+  mesh = partitioning.make_mesh(config.mesh)
+  rules = partitioning.logical_rules(config)
+  model = itit_model.ITIT(config.model)
+  loss_fns = make_loss_fns(config, model)
+  streams = sorted({stream for stream, _ in loss_fns.values()})
+  data = train_data.TrainData(config, streams)
+  data.check_model(config.model)
+  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
+
+  def init_state(rng):
+    init_rng, rng = jax.random.split(rng)
+    params = nn.unbox(itit_model.init_params(config.model, init_rng))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=rng, first_nonfinite_step=jnp.full((), -1, jnp.int32),
+                      skipped_steps=jnp.zeros((), jnp.int32))
+
+  seed_rng = jax.random.key_data(jax.random.PRNGKey(config.seed))
+  # Initialization runs outside the mesh context: its layout comes from out_shardings, and
+  # flax's DenseGeneral would apply logical constraints to its flattened kernels there.
+  with nn.logical_axis_rules(rules):
+    boxed_params = jax.eval_shape(
+        lambda r: itit_model.init_params(config.model, r), jax.random.PRNGKey(0))
+    param_shardings = partitioning.tree_shardings(boxed_params, mesh, rules)
+    abstract_state = jax.eval_shape(lambda r: init_state(jax.random.wrap_key_data(r)), seed_rng)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state_shardings = TrainState(
+        step=replicated, params=param_shardings,
+        opt_state=opt_state_shardings(abstract_state.opt_state, abstract_state.params,
+                                      param_shardings, mesh),
+        rng=replicated, first_nonfinite_step=replicated, skipped_steps=replicated)
+
+  print(f'ITIT {itit_model.format_param_counts(itit_model.count_params(config))}; '
+        f'mesh {dict(mesh.shape)}; losses {sorted(loss_fns)}', flush=True)
+
+  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                            max_to_keep=config.keep_checkpoints)
+  meta = dict(config=json.loads(config.to_json_best_effort()), data=data.identities())
+  latest = checkpointer.latest_step()
+  with nn.logical_axis_rules(rules):
+    if latest is not None:
+      saved_meta = checkpointer.restore_meta(latest)
+      train_data.check_resume_identities(saved_meta.get('data', {}), meta['data'], workdir)
+      state, _ = checkpointer.restore(
+          latest, checkpointing.abstract_with_shardings(abstract_state, state_shardings),
+          data.iterators)
+      print(f'Resumed from {checkpointer.directory} at step {latest}.', flush=True)
+    else:
+      state = jax.jit(lambda r: init_state(jax.random.wrap_key_data(r)),
+                      out_shardings=state_shardings)(seed_rng)
+    step_fn = jax.jit(
+        functools.partial(train_step, loss_fns=loss_fns, tx=tx, schedule=schedule,
+                          nan_policy=config.nan_policy),
+        out_shardings=(state_shardings, None), donate_argnums=(0,))
+    eval_fn = jax.jit(functools.partial(eval_step, loss_fns=loss_fns))
+
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  writer = metric_writer.MetricWriter(workdir)
+  step = int(jax.device_get(state.step))
+  progress = metric_writer.Progress(config.total_steps, step)
+  preemption = _Preemption()
+  last_checked = step
+  examples_per_step = sum(config.batch[s] for s in streams)
+  t_log = time.perf_counter()
+  step_at_log = step
+
+  def check_finite():
+    bad = int(jax.device_get(state.first_nonfinite_step))
+    if bad >= 0 and config.nan_policy == 'halt':
+      raise FloatingPointError(
+          f'non-finite loss or gradient at step {bad + 1} (detected between steps {last_checked} '
+          f"and {step}); no checkpoint was written after it. Lower the learning rate, or set "
+          f"--config.nan_policy=skip to drop such updates.")
+
+  # Stop early (with a checkpoint) after this many steps of this invocation: for time-sliced
+  # jobs; the schedule still runs to total_steps across invocations.
+  stop_at = config.total_steps
+  if config.get('max_steps_per_run'):
+    stop_at = min(stop_at, step + config.max_steps_per_run)
+
+  try:
+    while step < stop_at:
+      with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        batch = partitioning.global_batch(data.next_batch(), mesh)
+        state, metrics = step_fn(state, batch)
+      step += 1
+      if step % config.log_every == 0 or step == config.total_steps:
+        metrics = jax.device_get(metrics)
+        check_finite()
+        last_checked = step
+        now = time.perf_counter()
+        steps_per_s = (step - step_at_log) / max(now - t_log, 1e-9)
+        t_log, step_at_log = now, step
+        scalars = {k: float(v) for k, v in metrics.items()}
+        scalars.update(steps_per_s=steps_per_s, examples_per_s=steps_per_s * examples_per_step)
+        writer.write_scalars(step, scalars)
+        progress.report(step, {k: scalars[k] for k in ('loss', 'l2_grads', 'lr')})
+      save_now = step % config.checkpoint_every == 0 or step == stop_at
+      if save_now or preemption.requested:
+        check_finite()
+        checkpointer.save(step, state, meta, data.iterators, force=preemption.requested)
+      if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
+        results = evaluate(eval_fn, state.params, config, data, mesh, rules)
+        writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items()})
+      if preemption.requested:
+        checkpointer.close()
+        writer.close()
+        print(f'SIGTERM: saved a checkpoint at step {step} in {checkpointer.directory}; '
+              f're-run the same command to continue.', flush=True)
+        return {'preempted_at_step': step}
+    checkpointer.wait()
+    if step < config.total_steps:
+      print(f'Stopped at step {step} of {config.total_steps} (max_steps_per_run); re-run the '
+            f'same command to continue.', flush=True)
+      return {'stopped_at_step': step}
+    results = evaluate(eval_fn, state.params, config, data, mesh, rules)
+    writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items()})
+    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+      json.dump({'step': step, **results}, f, indent=2)
+  finally:
+    preemption.restore()
+    checkpointer.close()
+    writer.close()
+  print(f'Done at step {step}. Eval: ' + ', '.join(f'{k}={v:.4f}' for k, v in results.items()))
+  print(f'Outputs in {os.path.abspath(workdir)}: checkpoints/, metrics.jsonl, tensorboard/, '
+        f'eval.json', flush=True)
+  return results
+
+
+def evaluate(eval_fn, params, config, data: train_data.TrainData, mesh, rules) -> dict:
+  """Mean loss metrics over the test split, teacher-forced and without dropout."""
+  totals, count = {}, 0
+  rng = jax.random.PRNGKey(config.seed + 1)
+  for index, batch in enumerate(data.test_batches()):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      metrics = eval_fn(params, partitioning.global_batch(batch, mesh), jax.random.fold_in(rng, index))
+    for k, v in jax.device_get(metrics).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+    count += 1
+  return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _WORKDIR.value is None or _CONFIG.value is None:
+    raise app.UsageError('--config and --workdir are required')
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,129 @@
+"""End-to-end training on tiny shards: runs, resumes bitwise, guards NaNs and bad data."""
+import json
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import tiny
+from itit import train
+from itit.data import shapes
+from itit.data import shards
+from itit.data.sources import Record
+from itit.data.text_tokenizer import TextTokenizer
+
+GRID = 4
+CODES = 32
+
+
+def pooled_tokens(images):
+  """A stand-in image tokenizer: 8x8-pixel block means, quantized to CODES values."""
+  images = np.asarray(images, np.float32)
+  b = images.shape[0]
+  blocks = images.reshape(b, GRID, 8, GRID, 8, 3).mean(axis=(2, 4))
+  value = (blocks[..., 0] // 64) * 16 + (blocks[..., 1] // 64) * 4 + blocks[..., 2] // 64
+  return (value.reshape(b, GRID * GRID) % CODES).astype(np.int32)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp('shards')
+  tokenizer = TextTokenizer.train(shapes.caption_corpus(num_scenes=300), root / 'spiece.model',
+                                  vocab_size=60)
+  splits = shapes.make_splits(0, paired_fraction=1.0, num_train=64, num_test=16)
+  identity = {'kind': 'pooled', 'sha256': 'test', 'codebook_size': CODES, 'grid_size': GRID}
+  for name, split in (('paired', 'paired'), ('test', 'test')):
+    records = [Record(f'{split}/{i}', image, text)
+               for i, (image, text) in enumerate(shapes.examples(splits[split], seed=0))]
+    shards.write_shards(root / name, records, image_tokenizer=pooled_tokens,
+                        text_tokenizer=tokenizer, max_text_len=8,
+                        identities={'image_tokenizer': identity}, config={'split': split},
+                        records_per_shard=32)
+  return str(root)
+
+
+def tiny_config(data_dir, **overrides):
+  config = tiny.get_config()
+  config.data.dir = data_dir
+  config.total_steps = 6
+  config.log_every = 2
+  config.checkpoint_every = 3
+  config.optimizer.warmup_steps = 2
+  config.optimizer.lr = 1e-3
+  config.eval_every = 0
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def final_params(workdir):
+  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  step = manager.latest_step()
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, restored['state']['params']
+
+
+def test_trains_logs_and_evaluates(data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  results = train.train_and_evaluate(tiny_config(data_dir), workdir)
+  assert set(results) >= {'i2t/i2t_token_accuracy', 't2i/t2i_masked_token_accuracy'}
+  assert all(0.0 <= results[k] <= 1.0 for k in results if 'accuracy' in k)
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [l['step'] for l in lines if 'loss' in l] == [2, 4, 6]
+  last_train = [l for l in lines if 'loss' in l][-1]
+  for key in ('loss', 'l2_grads', 'l2_params', 'l2_updates', 'lr', 'steps_per_s',
+              'examples_per_s', 'i2t/i2t_loss', 't2i/t2i_loss', 'i2t/i2i_loss'):
+    assert np.isfinite(last_train[key]), key
+  assert lines[-1]['eval/i2t/i2t_token_accuracy'] == results['i2t/i2t_token_accuracy']
+  assert os.path.isfile(os.path.join(workdir, 'eval.json'))
+  assert final_params(workdir)[0] == 6
+
+
+def test_resume_is_bitwise(data_dir, tmp_path):
+  straight = str(tmp_path / 'straight')
+  train.train_and_evaluate(tiny_config(data_dir), straight)
+  resumed = str(tmp_path / 'resumed')
+  out = train.train_and_evaluate(tiny_config(data_dir, max_steps_per_run=4), resumed)
+  assert out == {'stopped_at_step': 4}
+  train.train_and_evaluate(tiny_config(data_dir), resumed)
+  step_a, params_a = final_params(straight)
+  step_b, params_b = final_params(resumed)
+  assert step_a == step_b == 6
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_nan_halts_naming_the_step(data_dir, tmp_path):
+  config = tiny_config(data_dir, **{'optimizer.lr': float('nan')})
+  config.optimizer.grad_clip = 0.0
+  with pytest.raises(FloatingPointError, match='non-finite loss or gradient at step'):
+    train.train_and_evaluate(config, str(tmp_path / 'nan'))
+
+
+def test_nan_skip_policy_keeps_params(data_dir, tmp_path):
+  config = tiny_config(data_dir, nan_policy='skip', **{'optimizer.lr': float('nan')})
+  workdir = str(tmp_path / 'skip')
+  train.train_and_evaluate(config, workdir)
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [l['skipped_steps'] for l in lines if 'loss' in l] == [2, 4, 6]
+  _, params = final_params(workdir)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_refuses_mismatched_model(data_dir, tmp_path):
+  config = tiny_config(data_dir, **{'model.image_vocab_size': 64})
+  with pytest.raises(ValueError, match='image_vocab_size=32'):
+    train.train_and_evaluate(config, str(tmp_path / 'bad'))
+
+
+def test_refuses_mesh_that_does_not_match_devices(data_dir, tmp_path):
+  config = tiny_config(data_dir, **{'mesh.data': jax.device_count() + 1})
+  with pytest.raises(ValueError, match=f'needs {jax.device_count() + 1} devices'):
+    train.train_and_evaluate(config, str(tmp_path / 'mesh'))
