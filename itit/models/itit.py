@@ -22,6 +22,7 @@ import numpy as np
 
 from itit import masking
 from itit.models import layers
+from itit.models import t5
 from itit.models import text_encoder as text_encoder_lib
 
 EOS_ID = 1
@@ -85,7 +86,10 @@ class ITIT(nn.Module):
                       bias_init=layers.param_init(layers.zeros_init, ('embed',)))
 
     width, text_width = c.width, c.text_decoder_width
-    self.text_encoder = text_encoder_lib.make_text_encoder(c, self.dtype)
+    if c.text_encoder.kind == 't5':
+      self.text_encoder = t5.make_t5_encoder(c, self.dtype)
+    else:
+      self.text_encoder = text_encoder_lib.make_text_encoder(c, self.dtype)
     self.dropout = nn.Dropout(c.dropout)
 
     self.encoder_image_embedding = param(
