@@ -1,0 +1,43 @@
+"""VQGAN tokenizer for the built-in shapes world: 32x32 images -> 8x8 = 64 tokens.
+
+MaskGIT's layout, shrunk to train on a laptop CPU; no adversarial or perceptual loss (the
+exact-scene evaluation needs sharp colours and edges, which L1 + L2 already give here).
+
+  python -m itit.train_tokenizer --config=configs/vqgan_shapes.py --workdir=DIR
+  python -m itit.train_tokenizer --config=configs/vqgan_shapes.py:quick --workdir=DIR  # ~3 min
+
+Presets (the `arg` after the colon): '' (the full run) or 'quick' (fewer steps, for the README's
+quick start).
+"""
+from configs import vqgan_maskgit
+
+
+def get_config(arg=None):
+  config = vqgan_maskgit.get_config()
+  config.total_steps = 1500
+  config.batch_size = 32
+  config.model.update(dict(
+      image_size=32,
+      filters=32,
+      channel_multipliers=[1, 2, 2],  # 2 downsamplings: 32 -> 8
+      num_res_blocks=1,
+      embedding_dim=16,
+      codebook_size=512,
+      norm_groups=8,
+  ))
+  config.data.update(dict(source='shapes', num_eval=1000))
+  config.optimizer.update(dict(lr=2e-3, b1=0.9, b2=0.99, warmup_steps=50, schedule='cosine'))
+  config.loss.update(dict(l1_weight=1.0, l2_weight=1.0, adversarial_weight=0.0))
+  config.codebook.update(dict(ema_decay=0.9, restart_every=20, restart_min_count=1,
+                              restart_until=0.8))
+  config.log_every = 50
+  config.image_every = 500
+  config.checkpoint_every = 500
+  config.eval_batch_size = 100
+
+  if arg == 'quick':
+    config.total_steps = 600
+    config.image_every = config.checkpoint_every = 300
+  elif arg:
+    raise ValueError(f"configs/vqgan_shapes.py: unknown preset {arg!r}; use '' or 'quick'.")
+  return config

@@ -1,0 +1,148 @@
+"""Tests for itit/train_tokenizer.py and itit/vqgan_losses.py: resume, restarts, loss terms."""
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs import vqgan_shapes
+from itit import train_tokenizer
+from itit import vqgan_losses
+
+
+def tiny_config(image_dir):
+  config = vqgan_shapes.get_config()
+  config.model.update(dict(image_size=8, filters=8, channel_multipliers=[1, 2],
+                           num_res_blocks=1, embedding_dim=4, codebook_size=16))
+  config.data.update(dict(source='folder', dir=str(image_dir), num_eval=4))
+  config.update(dict(total_steps=4, batch_size=4, log_every=2, image_every=4,
+                     checkpoint_every=2, eval_batch_size=4))
+  config.optimizer.warmup_steps = 1
+  config.codebook.update(dict(restart_every=3, restart_until=1.0))
+  return config
+
+
+@pytest.fixture(scope='module')
+def image_dir(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('images')
+  rng = np.random.default_rng(0)
+  for i in range(12):
+    pixels = np.zeros((64, 64, 3), np.uint8) + rng.integers(0, 256, 3, dtype=np.uint8)
+    pixels[16:40, 8 + 2 * i:32 + 2 * i] = rng.integers(0, 256, 3, dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / f'{i:02d}.png')
+  return folder
+
+
+def test_resume_ends_with_bitwise_identical_params(image_dir, tmp_path, capsys):
+  config = tiny_config(image_dir)
+  workdir = tmp_path / 'run'
+  results = train_tokenizer.train_and_evaluate(config, str(workdir))
+  uninterrupted = (workdir / 'tokenizer.msgpack').read_bytes()
+  assert results['step'] == 4 and 0 < results['codebook_usage'] <= 1
+  assert results['num_images'] == 4 and np.isfinite(results['psnr'])
+  for name in ('eval.json', 'tokenizer_config.json', 'metrics.jsonl',
+               'images/reconstructions_4.png'):
+    assert (workdir / name).exists(), name
+  steps = [json.loads(line)['step'] for line in open(workdir / 'metrics.jsonl')]
+  assert steps[:2] == [2, 4]
+
+  # Lose the last checkpoint (as if killed after step 2's save): the re-run resumes at step 2.
+  shutil.rmtree(workdir / 'checkpoints' / '4')
+  os.remove(workdir / 'tokenizer.msgpack')
+  capsys.readouterr()
+  train_tokenizer.train_and_evaluate(config, str(workdir))
+  assert 'Resuming from' in capsys.readouterr().out
+  assert (workdir / 'tokenizer.msgpack').read_bytes() == uninterrupted
+
+
+def test_restart_dead_codes_replaces_exactly_the_unused_codes():
+  codebook = jnp.arange(8.0).reshape(4, 2)
+  features = jnp.full((2, 3, 2), 100.0) + jnp.arange(6.0).reshape(2, 3, 1)
+  new, num_dead = vqgan_losses.restart_dead_codes(
+      codebook, jnp.array([5.0, 0.0, 3.0, 0.0]), features, jax.random.PRNGKey(0), min_count=1)
+  assert int(num_dead) == 2
+  np.testing.assert_array_equal(new[jnp.array([0, 2])], codebook[jnp.array([0, 2])])
+  rows = {tuple(r) for r in np.asarray(features).reshape(-1, 2)}
+  assert tuple(np.asarray(new[1])) in rows and tuple(np.asarray(new[3])) in rows
+
+
+def test_train_step_restarts_codes_no_encoder_output_picked(image_dir):
+  config = tiny_config(image_dir)
+  config.codebook.update(dict(restart_every=1, ema_decay=0.0))  # step 0's lr is 0: only
+  config.model.codebook_size = 128  # restarts move codes; 128 codes > 64 tokens: some unused
+  state = train_tokenizer.init_state(config)
+  images = jnp.asarray(train_tokenizer.train_batch(config, 0, sorted(
+      str(p) for p in image_dir.iterdir())), jnp.float32) / 255
+  new_state, metrics = train_tokenizer.make_train_step(config)(
+      jax.tree.map(jnp.copy, state), images)
+  used = np.asarray(metrics['codebook_usage']) * 128
+  assert 0 < int(metrics['restarted_codes']) == 128 - round(float(used))
+  old = np.asarray(state['params']['quantizer']['codebook'])
+  new = np.asarray(new_state['params']['quantizer']['codebook'])
+  changed = np.any(new != old, axis=1)
+  assert changed.sum() == int(metrics['restarted_codes'])
+  assert float(new_state['code_counts'].sum()) == 0.0  # counts start over after a restart
+
+
+def test_ema_update_moves_picked_codes_to_their_mean_and_keeps_the_others():
+  codebook = jnp.array([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
+  features = jnp.array([[2.0, 0.0], [4.0, 0.0], [9.0, 9.0]])
+  counts, sums, new = vqgan_losses.ema_codebook_update(
+      jnp.ones(3), codebook, jnp.array([0, 0, 2]), features, decay=0.5)
+  np.testing.assert_allclose(counts, [1.5, 0.5, 1.0])
+  np.testing.assert_allclose(new[0], [(0.5 * 0 + 0.5 * 6.0) / 1.5, 0.0])  # toward mean (3, 0)
+  np.testing.assert_allclose(new[1], [1.0, 1.0])  # unpicked: count and sum decay together
+  np.testing.assert_allclose(new[2], [7.0, 7.0])
+
+
+def test_perceptual_loss_from_a_user_npz(tmp_path):
+  rng = np.random.default_rng(0)
+  path = tmp_path / 'features.npz'
+  np.savez(path, **{'conv0/kernel': rng.normal(size=(3, 3, 3, 4)).astype(np.float32),
+                    'conv0/bias': np.zeros(4, np.float32), 'conv0/pool': np.array(1),
+                    'conv1/kernel': rng.normal(size=(3, 3, 4, 5)).astype(np.float32),
+                    'mean': np.full(3, 0.5, np.float32)})
+  net = vqgan_losses.load_feature_net(str(path))
+  assert len(net['layers']) == 2 and net['layers'][0][2] and not net['layers'][1][2]
+  images = jnp.asarray(rng.uniform(size=(2, 8, 8, 3)), jnp.float32)
+  assert float(vqgan_losses.perceptual_loss(net, images, images)) == 0.0
+  assert float(vqgan_losses.perceptual_loss(net, images, 1.0 - images)) > 0.1
+  with pytest.raises(FileNotFoundError, match='perceptual_weights'):
+    vqgan_losses.load_feature_net(str(tmp_path / 'missing.npz'))
+  np.savez(tmp_path / 'bad.npz', **{'conv0/kernel': np.zeros((3, 3, 4, 4), np.float32)})
+  with pytest.raises(ValueError, match='do not chain'):
+    vqgan_losses.load_feature_net(str(tmp_path / 'bad.npz'))
+
+
+@pytest.mark.slow  # compiles a second, larger train step (~20 s); the GAN term is optional
+def test_discriminator_waits_for_its_start_then_trains(image_dir):
+  config = tiny_config(image_dir)
+  config.loss.update(dict(adversarial_weight=0.1, adversarial_start=1, adversarial_warmup=2,
+                          disc_filters=8, disc_layers=2))
+  step = train_tokenizer.make_train_step(config)
+  state = train_tokenizer.init_state(config)
+  initial = jax.tree.map(np.asarray, state['disc_params'])
+  images = jnp.asarray(train_tokenizer.train_batch(config, 0, sorted(
+      str(p) for p in image_dir.iterdir())), jnp.float32) / 255
+  state, metrics = step(state, images)
+  jax.tree.map(np.testing.assert_array_equal, state['disc_params'], initial)
+  assert np.isfinite(metrics['discriminator_loss']) and np.isfinite(metrics['generator_loss'])
+  state, _ = step(state, images)
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
+                       state['disc_params'], initial)
+  assert max(jax.tree.leaves(moved)) > 0
+  assert float(vqgan_losses.adversarial_weight(jnp.array(1), 1, 2, 0.1)) == pytest.approx(0.05)
+  assert float(vqgan_losses.adversarial_weight(jnp.array(0), 1, 2, 0.1)) == 0.0
+
+
+def test_folder_source_errors_name_the_field(tmp_path):
+  config = tiny_config(tmp_path / 'nowhere')
+  with pytest.raises(ValueError, match='data.dir'):
+    train_tokenizer.train_and_evaluate(config, str(tmp_path / 'run'))
+  with pytest.raises(ValueError, match='unknown preset'):
+    vqgan_shapes.get_config('fast')
+  assert vqgan_shapes.get_config('quick').total_steps < vqgan_shapes.get_config().total_steps
