@@ -61,6 +61,22 @@ class Checkpointer:
     self.manager.close()
 
 
+def load_params(workdir: str, step: int | None = None) -> tuple[Any, int]:
+  """The model parameters of a training workdir's checkpoint (latest by default), on the host.
+
+  Returns (params, step). For sampling and evaluation on one host; training restores the full
+  sharded state through `Checkpointer.restore`.
+  """
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  manager = ocp.CheckpointManager(directory)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {directory}: train first (python -m itit.train)')
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  return restored['state']['params'], step
+
+
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       tree, shardings)

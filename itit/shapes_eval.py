@@ -1,0 +1,118 @@
+"""Exact-scene accuracy of both directions on the shapes world, with the world's exact parsers.
+
+- Captioning: caption the test images (greedy or beam), parse the captions with `parse_caption`.
+- T2I: generate images from the test captions (parallel decoding), decode them with the VQGAN,
+  parse them with `parse_image`.
+- The ceiling: the VQGAN reconstructions of the test images' own tokens, parsed the same way.
+Ground truth is the scene its caption describes (captions fully specify shapes-world scenes).
+
+Used during training (every `eval_every` steps), at the end of training, and by itit.evaluate.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from itit import generate
+from itit import visualize
+from itit.data import shapes
+from itit.data import shards
+from itit.data.text_tokenizer import TextTokenizer
+from itit.models import vqgan
+
+
+def stream_tokenizers(shard_dir: str) -> tuple[TextTokenizer, tuple[dict, object]]:
+  """The SentencePiece model and VQGAN that made a shard folder, checked against its manifest."""
+  manifest = shards.read_manifest(shard_dir)
+  made_by = manifest.get('config', {})
+  text_path = made_by.get('text_tokenizer_path')
+  image_path = made_by.get('image_tokenizer_path')
+  if not text_path or not image_path:
+    raise ValueError(f'{shard_dir}/manifest.json does not say which tokenizers made it; '
+                     're-run itit.prepare, or pass the tokenizer paths explicitly')
+  text_tokenizer = TextTokenizer.load(text_path)
+  params, vq_config = vqgan.load_tokenizer(image_path)
+  shards.check_manifest(manifest, {'text_tokenizer': text_tokenizer.identity,
+                                   'image_tokenizer': {'sha256': vq_config.sha256}}, shard_dir)
+  return text_tokenizer, (params, vq_config)
+
+
+class ShapesEvaluator:
+  """`run(params, rng)` -> ({metric: value}, {image name: uint8 grid}).
+
+  Args:
+    model: the ITIT module. shard_dir: a paired shard folder of the shapes world (test split).
+    num_examples: the first examples of the split that are evaluated (in order).
+    beam_size: 1 = greedy captioning. image_kwargs: `generate.generate_images` settings.
+  """
+
+  def __init__(self, model, shard_dir: str, *, num_examples: int = 256, batch_size: int = 64,
+               beam_size: int = 1, image_kwargs: dict | None = None, prefix: str = 'shapes'):
+    self.prefix = prefix
+    self.batch_size = batch_size
+    self.text_tokenizer, (vq_params, vq_config) = stream_tokenizers(shard_dir)
+    self.detokenize = vqgan.detokenizer_fn(vq_params, vq_config, batch_size)
+    source = shards.open_shards(shard_dir)
+    count = min(num_examples, len(source))
+    count -= count % batch_size if count >= batch_size else 0
+    batch = source.read_batch(np.arange(count))
+    self.text_ids = np.asarray(batch['text_ids'], np.int32)
+    self.image_tokens = np.asarray(batch['image_tokens'], np.int32)
+    self.texts = self.text_tokenizer.decode(self.text_ids)
+    self.scenes = [shapes.parse_caption(t) for t in self.texts]
+    if any(s is None for s in self.scenes):
+      raise ValueError(f'{shard_dir} holds captions that are not shapes-world captions')
+    self._caption = generate.jit_captioner(model, beam_size=beam_size)
+    self._sample = generate.jit_image_sampler(model, **(image_kwargs or {}))
+    self._ceiling = None
+
+  def _batches(self, array):
+    for start in range(0, len(array), self.batch_size):
+      yield array[start:start + self.batch_size]
+
+  def captions(self, params) -> list[str]:
+    ids = [np.asarray(self._caption(params, b)[0]) for b in self._batches(self.image_tokens)]
+    return self.text_tokenizer.decode(np.concatenate(ids))
+
+  def images(self, params, rng) -> np.ndarray:
+    tokens = [np.asarray(self._sample(params, b, jax.random.fold_in(rng, i)))
+              for i, b in enumerate(self._batches(self.text_ids))]
+    return self.detokenize(np.concatenate(tokens))
+
+  def run(self, params, rng) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    captions = self.captions(params)
+    images = self.images(params, rng)
+    results = {}
+    caption_scores = shapes.scene_metrics([shapes.parse_caption(c) for c in captions],
+                                          self.scenes)
+    image_scores = shapes.scene_metrics(shapes.parse_images(images), self.scenes)
+    if self._ceiling is None:
+      reconstructions = self.detokenize(self.image_tokens)
+      self._ceiling = shapes.scene_metrics(shapes.parse_images(reconstructions), self.scenes)
+    for name, value in caption_scores.items():
+      results[f'{self.prefix}/i2t_{name}'] = value
+    for name, value in image_scores.items():
+      results[f'{self.prefix}/t2i_{name}'] = value
+    results[f'{self.prefix}/vqgan_ceiling_exact'] = self._ceiling['exact']
+    shown = min(16, len(captions))
+    reconstructions = self.detokenize(self.image_tokens[:shown])
+    grids = {
+        f'{self.prefix}_t2i': visualize.captioned_grid(images[:shown], self.texts[:shown]),
+        f'{self.prefix}_i2t': visualize.captioned_grid(reconstructions, captions[:shown]),
+    }
+    return results, grids
+
+
+def maybe_evaluator(config, model):
+  """The shapes evaluator the config asks for (`eval.shapes`), or None."""
+  eval_config = config.get('eval', None)
+  if eval_config is None or not eval_config.get('shapes', False):
+    return None
+  shard_dir = os.path.join(config.data.dir, config.data.test)
+  return ShapesEvaluator(model, shard_dir, num_examples=eval_config.num_examples,
+                         batch_size=eval_config.batch_size, beam_size=eval_config.beam_size,
+                         image_kwargs=dict(num_steps=eval_config.num_steps,
+                                           guidance_scale=eval_config.guidance_scale,
+                                           temperature=eval_config.temperature))
