@@ -103,19 +103,20 @@ def dedup_images(tokenize):
   return run
 
 
-def _text_tokenizer(config, out_dir: str, splits) -> TextTokenizer:
+def _text_tokenizer(config, out_dir: str) -> tuple[TextTokenizer, str]:
+  """(tokenizer, path of its .model): the configured one, or one trained on the corpus."""
   if config.text_tokenizer:
-    return TextTokenizer.load(config.text_tokenizer)
+    return TextTokenizer.load(config.text_tokenizer), config.text_tokenizer
   model_path = os.path.join(out_dir, 'spiece.model')
   if os.path.isfile(model_path):
-    return TextTokenizer.load(model_path)
+    return TextTokenizer.load(model_path), model_path
   if config.text_corpus == 'shapes':
     texts = shapes.caption_corpus(seed=config.get('shapes_seed', 0))
   else:
     texts = [r.text for r in sources.text_files(_paths(config.text_corpus),
                                                 skips=sources.SkipCounter())]
   print(f'Training a {config.text_vocab_size}-piece SentencePiece model on {len(texts)} texts.')
-  return TextTokenizer.train(texts, model_path, config.text_vocab_size)
+  return TextTokenizer.train(texts, model_path, config.text_vocab_size), model_path
 
 
 def prepare(config: ml_collections.ConfigDict, out_dir: str) -> dict:
@@ -125,7 +126,7 @@ def prepare(config: ml_collections.ConfigDict, out_dir: str) -> dict:
   if any(s.source == 'shapes' for s in config.streams.values()):
     splits = shapes.make_splits(config.shapes.seed, paired_fraction=config.shapes.paired_fraction,
                                 num_train=config.shapes.num_train, num_test=config.shapes.num_test)
-  text_tokenizer = _text_tokenizer(config, out_dir, splits)
+  text_tokenizer, text_tokenizer_path = _text_tokenizer(config, out_dir)
   needs_images = any(s.kind != 'text' for s in config.streams.values())
   image_tokenizer, image_identity = None, None
   if needs_images:
@@ -157,7 +158,11 @@ def prepare(config: ml_collections.ConfigDict, out_dir: str) -> dict:
         text_tokenizer=text_tokenizer if kind != 'image' else None,
         max_text_len=config.max_text_len, identities=identities,
         config=dict(stream=stream_config.to_dict(), image_size=config.image_size,
-                    shapes=config.shapes.to_dict() if stream_config.source == 'shapes' else None),
+                    shapes=config.shapes.to_dict() if stream_config.source == 'shapes' else None,
+                    # Where evaluation finds the tokenizers again (identities are checked).
+                    image_tokenizer_path=(os.path.abspath(config.image_tokenizer)
+                                          if kind != 'text' else None),
+                    text_tokenizer_path=os.path.abspath(text_tokenizer_path)),
         records_per_shard=config.records_per_shard, batch_size=config.batch_size, total=total)
     summary[name] = {'records': manifest['num_records'], 'skipped': dict(skips.counts)}
     if skips.total:
