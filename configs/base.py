@@ -5,6 +5,8 @@ Command-line overrides: `--config=configs/vit_b.py --config.optimizer.lr=3e-4`.
 """
 import ml_collections
 
+from itit import evaluators
+
 
 def model_config():
   """ITIT-B: ViT-B joint encoder, 6-block GIT text decoder, 8-block MAGE image decoder."""
@@ -32,6 +34,11 @@ def model_config():
       dtype='bfloat16',  # compute dtype; parameters stay float32
       # jax.nn.dot_product_attention implementation: None (let JAX pick), 'xla' or 'cudnn'.
       attention_impl=ml_collections.config_dict.placeholder(str),
+      # Activation recomputation in the backward pass: 'none', 'full' or 'dots' (keep the weight
+      # matmuls' outputs). scan_layers: each stack as one nn.scan (faster compiles; its
+      # parameters are stacked under 'blocks', a different checkpoint layout).
+      remat='none',
+      scan_layers=False,
       text_encoder=ml_collections.ConfigDict(dict(
           kind='learned',  # 'learned' (small T5-architecture encoder trained jointly) or 't5'
           path='',  # a local Hugging Face T5 directory, for kind='t5'
@@ -76,6 +83,23 @@ def get_config(arg=None):
       t2i=True,
       i2t=True,
       i2i=True,  # image-to-image reconstruction with the empty text, for classifier-free guidance
+      # Losses on unpaired data (section 3.2); `table2_row` sets these for the paper's rows.
+      unpaired_text_loss='none',  # 'none' | 't2t' | 't2i2t_half' | 't2i2t'
+      unpaired_image_loss='none',  # 'none' | 'i2i' | 'i2t2i_half' | 'i2t2i'
+      # Each loss's weight in the sum (1.0 everywhere = the paper's equal weights), by the loss
+      # name train.make_loss_fns registers ('i2t' covers I2T + paired I2I; 'unpaired_i2i' is
+      # I2I on unpaired images).
+      weights=ml_collections.ConfigDict(dict(
+          t2i=1.0, i2t=1.0, i2i=1.0, t2t=1.0, unpaired_i2i=1.0, t2i2t=1.0, i2t2i=1.0)),
+  ))
+  # Pseudo-pair synthesis inside the cycle losses (paper section 3.2, appendix B).
+  config.cycle = ml_collections.ConfigDict(dict(
+      synthesis_steps=24,  # T2I parallel-decoding steps for the pseudo image I'
+      guidance_scale=2.0,  # classifier-free guidance tau in that synthesis; 0 = off
+      temperature=32.0,  # confidence-noise temperature in that synthesis
+      gumbel_strength=1.0,  # Gumbel noise scale in T2I2T's straight-through; 0 = plain argmax
+      # Stop the gradient after the encoder's first forward pass in each cycle (appendix B).
+      stop_first_encoder_grad=True,
   ))
   config.optimizer = ml_collections.ConfigDict(dict(
       name='adafactor',
@@ -94,6 +118,61 @@ def get_config(arg=None):
   config.checkpoint_every = 5000
   config.keep_checkpoints = 3
   config.eval_every = 10_000
+  # Evaluators run every eval_every steps and at the end (itit/evaluators: every setting and
+  # its default); eval.shapes turns on the shapes world's generation metrics.
+  config.eval = evaluators.default_config()
   config.max_steps_per_run = 0  # > 0: stop (with a checkpoint) after this many steps per run
   config.eval_batches = 0  # test batches evaluated at the end; 0 = the whole test split
   return config
+
+
+# Table 2 of the paper, rows on one paired dataset:
+# row -> (T2I, I2T, loss.unpaired_text_loss, loss.unpaired_image_loss).
+TABLE2_ROWS = {
+    1: (True, False, 'none', 'none'),
+    2: (False, True, 'none', 'none'),
+    3: (True, True, 'none', 'none'),
+    5: (True, True, 't2t', 'none'),
+    6: (True, True, 'none', 'i2i'),
+    7: (True, True, 't2t', 'i2i'),
+    8: (True, True, 't2i2t_half', 'none'),
+    9: (True, True, 'none', 'i2t2i_half'),
+    10: (True, True, 't2i2t_half', 'i2t2i_half'),
+    11: (True, True, 't2i2t', 'none'),
+    12: (True, True, 'none', 'i2t2i'),
+    13: (True, True, 't2i2t', 'i2t2i'),
+    14: (True, True, 't2i2t', 'i2t2i'),
+}
+
+
+def table2_row(config, row):
+  """Sets the loss switches (and, for row 13, the streams) of table 2's `row`, in place.
+
+  Row 1 (T2I only) keeps I2I on the paired images: it trains the unconditional branch that
+  guided sampling needs. Row 2 (I2T only) has no I2I: nothing samples images. Row 13 reads the
+  paired shards' own texts and images as its unpaired streams. Row 4 (more data as pairs) is a
+  data choice, not a preset.
+  """
+  if row == 4:
+    raise ValueError('table 2 row 4 adds the unpaired data AS PAIRS: point data.paired at the '
+                     'merged pairs and use row3')
+  if row not in TABLE2_ROWS:
+    raise ValueError(f'table 2 preset row{row} does not exist; use one of '
+                     f'{", ".join(f"row{r}" for r in TABLE2_ROWS)}')
+  t2i, i2t, text_loss, image_loss = TABLE2_ROWS[row]
+  config.loss.update(dict(t2i=t2i, i2t=i2t, i2i=t2i, unpaired_text_loss=text_loss,
+                          unpaired_image_loss=image_loss))
+  if row == 13:
+    config.data.unpaired_image = config.data.paired
+    config.data.unpaired_text = config.data.paired
+  return config
+
+
+def apply_preset(config, arg, config_file):
+  """Applies a `--config=FILE:ARG` preset: 'rowN' = table 2 row N (see `table2_row`)."""
+  if not arg:
+    return config
+  if not (arg.startswith('row') and arg[3:].isdigit()):
+    raise ValueError(f'{config_file}: unknown preset {arg!r}; use row1..row14 (table 2 rows, '
+                     f'e.g. --config={config_file}:row14)')
+  return table2_row(config, int(arg[3:]))

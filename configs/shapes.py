@@ -1,5 +1,9 @@
 """The CPU study model for the shapes world: 8x8 image tokens, a ~1000-piece SentencePiece text.
 
+Presets after the colon, comma-separated: `rowN` (the paper's table 2 row N, e.g. row14 = full
+ITIT) and `quick` (a short run for the README's quick start), e.g.
+`--config=configs/shapes.py:row14,quick`. No preset: row 3 (paired T2I + I2T + I2I).
+
 About 1.1M parameters; a paired train step (I2T+I2I and T2I, batch 64 each) costs ~44 GFLOPs.
 float32 compute, since bfloat16 matmuls are slower than float32 on CPUs.
 """
@@ -7,7 +11,6 @@ from configs import base
 
 
 def get_config(arg=None):
-  del arg
   config = base.get_config()
   config.model.update(dict(
       image_grid=8,  # 8x8 = 64 image tokens
@@ -30,4 +33,23 @@ def get_config(arg=None):
   ))
   config.model.text_encoder.update(dict(width=64, depth=1, num_heads=2, mlp_dim=128))
   config.batch.update(dict(paired=64, unpaired_image=64, unpaired_text=64))
+  presets = [p for p in (arg or '').split(',') if p]
+  _cpu_schedule(config, quick='quick' in presets)
+  # Pseudo images have 64 tokens: 8 decoding steps (8 tokens a step on average) instead of the
+  # paper's 24 for 256 tokens (scripts/bench_cycle.py measures the cost).
+  config.cycle.synthesis_steps = 8
+  for preset in presets:
+    if preset != 'quick':
+      base.apply_preset(config, preset, 'configs/shapes.py')
   return config
+
+
+def _cpu_schedule(config, quick):
+  """Steps, optimizer and evaluation for a laptop-CPU run (the paper's 500K steps do not fit)."""
+  config.total_steps = 400 if quick else 1500
+  config.optimizer.update(dict(lr=1e-3, warmup_steps=50 if quick else 100))
+  config.log_every = 25
+  config.checkpoint_every = 200 if quick else 500
+  config.eval_every = 0 if quick else 500
+  config.eval_batches = 4
+  config.eval.update(dict(shapes=True, num_examples=256, batch_size=64))

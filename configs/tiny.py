@@ -3,7 +3,6 @@ from configs import base
 
 
 def get_config(arg=None):
-  del arg
   config = base.get_config()
   config.model.update(dict(
       image_grid=4,
@@ -25,4 +24,5 @@ def get_config(arg=None):
   config.model.text_encoder.update(dict(width=32, depth=1, num_heads=2, mlp_dim=64))
   config.batch.update(dict(paired=4, unpaired_image=4, unpaired_text=4))
   config.total_steps = 10
-  return config
+  config.cycle.synthesis_steps = 2
+  return base.apply_preset(config, arg, 'configs/tiny.py')

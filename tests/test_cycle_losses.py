@@ -1,0 +1,199 @@
+"""Tests for itit.cycle_losses: estimators, gradient flow of the cycles, table 2 presets, a step.
+
+Gradients run eagerly (no jit): the variants share their per-operation compilations, which costs
+far less than compiling each variant's whole graph on a shared CPU.
+"""
+import copy
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from configs import tiny
+from itit import cycle_losses
+from itit import optimizer as optimizer_lib
+from itit import train
+from itit.models import itit
+from itit.models.itit import ITIT
+
+TEXTS = np.array([[5, 9, 3, 1, 0, 0, 0, 0], [7, 8, 1, 0, 0, 0, 0, 0],
+                  [4, 4, 4, 4, 4, 4, 4, 1], [6, 12, 1, 0, 0, 0, 0, 0]], np.int32)
+
+
+def test_straight_through_is_one_hot_forward_and_softmax_backward():
+  logits = jnp.asarray(np.random.RandomState(0).randn(3, 5, 7), jnp.float32)
+  hard = jax.nn.one_hot(jnp.argmax(logits, -1), 7)
+  np.testing.assert_array_equal(cycle_losses.straight_through(logits), hard)
+  cotangent = jnp.asarray(np.random.RandomState(1).randn(3, 5, 7), jnp.float32)
+  _, st_vjp = jax.vjp(cycle_losses.straight_through, logits)
+  _, softmax_vjp = jax.vjp(jax.nn.softmax, logits)
+  np.testing.assert_allclose(st_vjp(cotangent)[0], softmax_vjp(cotangent)[0], rtol=1e-6,
+                             atol=1e-7)
+
+
+def test_gumbel_straight_through_samples_and_has_softmax_jvp():
+  logits = jnp.asarray(np.random.RandomState(0).randn(4, 6, 9), jnp.float32)
+  rng = jax.random.PRNGKey(3)
+  noisy = logits + 1.0 * jax.random.gumbel(rng, logits.shape, jnp.float32)
+  estimate = lambda l: cycle_losses.gumbel_straight_through(l, rng, 1.0)
+  np.testing.assert_array_equal(estimate(logits), jax.nn.one_hot(jnp.argmax(noisy, -1), 9))
+  # The noise moves the argmax somewhere: the forward value is a sample, not the argmax.
+  assert np.any(np.argmax(noisy, -1) != np.argmax(logits, -1))
+  tangent = jnp.asarray(np.random.RandomState(1).randn(*logits.shape), jnp.float32)
+  _, st_tangent = jax.jvp(estimate, (logits,), (tangent,))
+  _, soft_tangent = jax.jvp(lambda l: jax.nn.softmax(l + (noisy - logits)), (logits,), (tangent,))
+  np.testing.assert_allclose(st_tangent, soft_tangent, rtol=1e-5, atol=1e-7)
+  zero_strength = cycle_losses.gumbel_straight_through(logits, rng, 0.0)
+  np.testing.assert_array_equal(zero_strength, jax.nn.one_hot(jnp.argmax(logits, -1), 9))
+
+
+@pytest.fixture(scope='module')
+def setup():
+  config = tiny.get_config('row14')
+  config.model.dropout = 0.0
+  model = ITIT(config.model)
+  params = nn.unbox(jax.jit(lambda rng: itit.init_params(config.model, rng))(
+      jax.random.PRNGKey(0)))
+  images = np.random.RandomState(0).randint(0, config.model.image_vocab_size, (4, 16))
+  return config, model, params, jnp.asarray(images, jnp.int32), jnp.asarray(TEXTS)
+
+
+def part_grads(grads):
+  """Gradient leaves grouped by model part (itit.PARTS): part -> flat float array."""
+  parts = {p: [] for p in itit.PARTS}
+  for name, subtree in grads.items():
+    part = next(p for p in itit.PARTS if name.startswith(p))
+    parts[part] += [np.ravel(x) for x in jax.tree.leaves(subtree)]
+  return {p: np.concatenate(v) for p, v in parts.items()}
+
+
+def cycle_grads(cycle_fn, config, model, params, inputs, **switches):
+  """Eager gradients of a cycle loss under config overrides `switches` ('constant_first_pass':
+  the first pass's encoder reads stop_gradient(params) instead of stopping at its output)."""
+  config = copy.deepcopy(config)
+  constant_first_pass = switches.pop('constant_first_pass', False)
+  for key, value in switches.items():
+    section, field = key.split('__')
+    config[section][field] = value
+
+  def loss(p):
+    first = jax.lax.stop_gradient(p) if constant_first_pass else None
+    return cycle_fn(p, *inputs, jax.random.PRNGKey(7), model=model, config=config,
+                    first_pass_params=first)[0]
+
+  return part_grads(jax.grad(loss)(params))
+
+
+def check_cycle_gradient_flow(cycle_fn, text_or_image_loss, full, half, trained_decoder, config,
+                              model, params, inputs):
+  grad_of = functools.partial(cycle_grads, cycle_fn, config, model, params, inputs)
+  with_stop = grad_of(**{text_or_image_loss: full})
+  halved = grad_of(**{text_or_image_loss: half})
+  without_stop = grad_of(**{text_or_image_loss: full, 'cycle__stop_first_encoder_grad': False})
+  constant_first = grad_of(**{text_or_image_loss: full, 'cycle__stop_first_encoder_grad': False,
+                              'constant_first_pass': True})
+  # Full cycle: gradient reaches the decoder that produced the pseudo pair's reconstruction.
+  assert np.abs(with_stop[trained_decoder]).max() > 0
+  # Half cycle: it stops at the argmax.
+  np.testing.assert_array_equal(halved[trained_decoder], 0.0)
+  # The stop changes the encoder's gradient, and equals treating the first pass as a constant.
+  assert not np.allclose(with_stop['encoder'], without_stop['encoder'], rtol=1e-3, atol=1e-8)
+  for part in itit.PARTS:
+    np.testing.assert_allclose(with_stop[part], constant_first[part], rtol=1e-5, atol=1e-8,
+                               err_msg=part)
+
+
+def test_t2i2t_gradient_flow(setup):
+  config, model, params, images, texts = setup
+  check_cycle_gradient_flow(cycle_losses.t2i2t_cycle, 'loss__unpaired_text_loss', 't2i2t',
+                            't2i2t_half', 'image_decoder', config, model, params,
+                            (texts, images))
+
+
+def test_i2t2i_gradient_flow(setup):
+  config, model, params, images, texts = setup
+  check_cycle_gradient_flow(cycle_losses.i2t2i_cycle, 'loss__unpaired_image_loss', 'i2t2i',
+                            'i2t2i_half', 'text_decoder', config, model, params,
+                            (images, texts))
+
+
+def test_t2t_trains_the_text_decoder_only_and_i2i_never_it(setup):
+  config, model, params, images, texts = setup
+  rng = jax.random.PRNGKey(2)
+  t2t = lambda p: cycle_losses.t2t_loss(p, {'text_ids': texts}, rng, model=model,
+                                        config=config)[0]
+  i2i = lambda p: cycle_losses.i2i_loss(p, {'image_tokens': images}, rng, model=model,
+                                        config=config)[0]
+  t2t_grads, i2i_grads = part_grads(jax.grad(t2t)(params)), part_grads(jax.grad(i2i)(params))
+  assert np.abs(t2t_grads['text_decoder']).max() > 0
+  for part in ('text_encoder', 'encoder', 'image_decoder'):
+    np.testing.assert_array_equal(t2t_grads[part], 0.0, err_msg=part)
+  assert np.abs(i2i_grads['image_decoder']).max() > 0
+  np.testing.assert_array_equal(i2i_grads['text_decoder'], 0.0)
+
+
+def test_table2_presets_select_losses_and_streams():
+  expected = {
+      1: {'t2i': 'paired', 'i2i': 'paired'},
+      2: {'i2t': 'paired'},
+      3: {'t2i': 'paired', 'i2t': 'paired'},
+      5: {'t2t': 'unpaired_text'},
+      6: {'unpaired_i2i': 'unpaired_image'},
+      7: {'t2t': 'unpaired_text', 'unpaired_i2i': 'unpaired_image'},
+  }
+  for row in (8, 9, 10, 11, 12, 13, 14):
+    has_text, has_image = base.TABLE2_ROWS[row][2] != 'none', base.TABLE2_ROWS[row][3] != 'none'
+    expected[row] = ({'t2i2t': 'unpaired_text'} if has_text else {}) | (
+        {'i2t2i': 'unpaired_image'} if has_image else {})
+  for row, losses in expected.items():
+    config = tiny.get_config(f'row{row}')
+    if row > 3:
+      losses = {'t2i': 'paired', 'i2t': 'paired', **losses}
+    fns = train.make_loss_fns(config, ITIT(config.model))
+    assert {name: stream for name, (stream, _) in fns.items()} == losses, row
+  assert tiny.get_config('row10').loss.unpaired_text_loss == 't2i2t_half'
+  assert tiny.get_config('row13').data.unpaired_text == 'paired'
+  assert tiny.get_config('row14').data.unpaired_text == 'unpaired_text'
+  with pytest.raises(ValueError, match='row 4'):
+    tiny.get_config('row4')
+  config = tiny.get_config()
+  config.loss.unpaired_text_loss = 'cycle'
+  with pytest.raises(ValueError, match='unpaired_text_loss'):
+    train.make_loss_fns(config, ITIT(config.model))
+
+
+def test_loss_weights_scale_the_loss_not_the_metrics(setup):
+  config, model, params, _, texts = setup
+  config = copy.deepcopy(config)
+  config.loss.unpaired_text_loss = 't2t'
+  config.loss.weights.t2t = 2.5
+  _, fn = train.make_loss_fns(config, model)['t2t']
+  loss, metrics = fn(params, {'text_ids': texts}, jax.random.PRNGKey(0))
+  np.testing.assert_allclose(loss, 2.5 * metrics['t2t_loss'], rtol=1e-6)
+
+
+@pytest.mark.slow  # ~25 s more: compiles the synthesis loops and the optimizer update
+def test_row14_train_step_runs_with_all_losses_finite(setup):
+  config, model, params, _, _ = setup
+  rng = np.random.RandomState(1)
+  image_batch = lambda: rng.randint(0, config.model.image_vocab_size, (4, 16)).astype(np.int32)
+  batch = {'paired': {'image_tokens': image_batch(), 'text_ids': TEXTS},
+           'unpaired_image': {'image_tokens': image_batch()},
+           'unpaired_text': {'text_ids': TEXTS[::-1].copy()}}
+  loss_fns = train.make_loss_fns(config, model)
+  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=tx.init(params), rng=jax.random.PRNGKey(0),
+                           first_nonfinite_step=jnp.full((), -1, jnp.int32),
+                           skipped_steps=jnp.zeros((), jnp.int32))
+  new_state, metrics = train.train_step(state, batch, loss_fns=loss_fns, tx=tx,
+                                        schedule=schedule, nan_policy='halt')
+  for key in ('t2i/t2i_loss', 'i2t/i2t_loss', 'i2t/i2i_loss', 't2i2t/t2i2t_loss',
+              'i2t2i/i2t2i_loss', 'loss', 'l2_grads'):
+    assert np.isfinite(metrics[key]) and metrics[key] > 0, key
+  assert 0.0 <= metrics['i2t2i/pseudo_caption_eos_fraction'] <= 1.0
+  assert int(new_state.first_nonfinite_step) == -1 and int(new_state.step) == 1
