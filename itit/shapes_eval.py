@@ -6,11 +6,10 @@
 - The ceiling: the VQGAN reconstructions of the test images' own tokens, parsed the same way.
 Ground truth is the scene its caption describes (captions fully specify shapes-world scenes).
 
-Used during training (every `eval_every` steps), at the end of training, and by itit.evaluate.
+Used through the `shapes` evaluator (itit/evaluators/shapes.py): during training (every
+`eval_every` steps, `eval.shapes` or `eval.evaluators`), at its end, and by itit.evaluate.
 """
 from __future__ import annotations
-
-import os
 
 import jax
 import numpy as np
@@ -46,10 +45,13 @@ class ShapesEvaluator:
     model: the ITIT module. shard_dir: a paired shard folder of the shapes world (test split).
     num_examples: the first examples of the split that are evaluated (in order).
     beam_size: 1 = greedy captioning. image_kwargs: `generate.generate_images` settings.
+    captioner, image_sampler: already compiled `generate.jit_captioner` / `jit_image_sampler`
+      functions to share between evaluators (they then replace beam_size / image_kwargs).
   """
 
   def __init__(self, model, shard_dir: str, *, num_examples: int = 256, batch_size: int = 64,
-               beam_size: int = 1, image_kwargs: dict | None = None, prefix: str = 'shapes'):
+               beam_size: int = 1, image_kwargs: dict | None = None, prefix: str = 'shapes',
+               captioner=None, image_sampler=None):
     self.prefix = prefix
     self.batch_size = batch_size
     self.text_tokenizer, (vq_params, vq_config) = stream_tokenizers(shard_dir)
@@ -64,8 +66,8 @@ class ShapesEvaluator:
     self.scenes = [shapes.parse_caption(t) for t in self.texts]
     if any(s is None for s in self.scenes):
       raise ValueError(f'{shard_dir} holds captions that are not shapes-world captions')
-    self._caption = generate.jit_captioner(model, beam_size=beam_size)
-    self._sample = generate.jit_image_sampler(model, **(image_kwargs or {}))
+    self._caption = captioner or generate.jit_captioner(model, beam_size=beam_size)
+    self._sample = image_sampler or generate.jit_image_sampler(model, **(image_kwargs or {}))
     self._ceiling = None
 
   def _batches(self, array):
@@ -104,15 +106,3 @@ class ShapesEvaluator:
     }
     return results, grids
 
-
-def maybe_evaluator(config, model):
-  """The shapes evaluator the config asks for (`eval.shapes`), or None."""
-  eval_config = config.get('eval', None)
-  if eval_config is None or not eval_config.get('shapes', False):
-    return None
-  shard_dir = os.path.join(config.data.dir, config.data.test)
-  return ShapesEvaluator(model, shard_dir, num_examples=eval_config.num_examples,
-                         batch_size=eval_config.batch_size, beam_size=eval_config.beam_size,
-                         image_kwargs=dict(num_steps=eval_config.num_steps,
-                                           guidance_scale=eval_config.guidance_scale,
-                                           temperature=eval_config.temperature))

