@@ -2,7 +2,8 @@ r"""Trains ITIT: `python -m itit.train --config=configs/shapes.py --workdir=DIR`
 
 Re-running the same command in the same workdir resumes from the last checkpoint, with the
 optimizer state, RNG and input iterators exactly where they were. Resume order: the workdir's
-last checkpoint, else from scratch.
+last checkpoint, else the parameters of `config.init_from` (another run's checkpoint: 'WORKDIR'
+for its latest step or 'WORKDIR:STEP'; fresh optimizer state, step 0), else from scratch.
 
 Outputs in the workdir: checkpoints/, metrics.jsonl, tensorboard/, eval.json, config.json.
 """
@@ -18,25 +19,32 @@ import zlib
 from typing import Any, Callable, Mapping
 
 from absl import app
+from absl import logging
 from absl import flags
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 import optax
 
 from itit import checkpointing
+from itit import config_check
+from itit import cycle_losses
+from itit import distributed
+from itit import errors
 from itit import metric_writer
 from itit import partitioning
+from itit import evaluators
+from itit import flops
 from itit import train_data
 from itit.models import itit as itit_model
+from itit.models import t5_loader
 from itit import losses
 from itit import optimizer as optimizer_lib
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+_CONFIG = errors.config_flag('Training config file.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and samples go.')
 
 
@@ -51,16 +59,48 @@ class TrainState:
 
 
 def make_loss_fns(config, model) -> dict[str, tuple[str, Callable]]:
-  """The enabled losses: name -> (input stream, fn(params, batch, rng) -> (loss, metrics))."""
+  """The enabled losses: name -> (input stream, fn(params, batch, rng) -> (loss, metrics)).
+
+  Paired: 't2i', 'i2t' (I2T + I2I), and 'i2i' alone when loss.i2t is off but loss.i2i is on
+  (table 2 row 1). Unpaired text: 't2t' or 't2i2t' (full or half, by loss.unpaired_text_loss);
+  unpaired images: 'unpaired_i2i' or 'i2t2i'. Each loss is multiplied by loss.weights[name].
+  """
   fns = {}
   bind = dict(model=model, config=config)
   if config.loss.t2i:
     fns['t2i'] = ('paired', functools.partial(losses.t2i_loss, **bind))
   if config.loss.i2t:
     fns['i2t'] = ('paired', functools.partial(losses.i2t_loss, **bind))
+  elif config.loss.i2i:
+    fns['i2i'] = ('paired', functools.partial(cycle_losses.i2i_loss, **bind))
+  text_loss, image_loss = config.loss.unpaired_text_loss, config.loss.unpaired_image_loss
+  if text_loss not in cycle_losses.TEXT_LOSSES:
+    raise errors.UserError(f'loss.unpaired_text_loss={text_loss!r}; use one of '
+                           f'{cycle_losses.TEXT_LOSSES}')
+  if image_loss not in cycle_losses.IMAGE_LOSSES:
+    raise errors.UserError(f'loss.unpaired_image_loss={image_loss!r}; use one of '
+                           f'{cycle_losses.IMAGE_LOSSES}')
+  if text_loss == 't2t':
+    fns['t2t'] = ('unpaired_text', functools.partial(cycle_losses.t2t_loss, **bind))
+  elif text_loss != 'none':
+    fns['t2i2t'] = ('unpaired_text', functools.partial(cycle_losses.t2i2t_loss, **bind))
+  if image_loss == 'i2i':
+    fns['unpaired_i2i'] = ('unpaired_image', functools.partial(cycle_losses.i2i_loss, **bind))
+  elif image_loss != 'none':
+    fns['i2t2i'] = ('unpaired_image', functools.partial(cycle_losses.i2t2i_loss, **bind))
   if not fns:
-    raise ValueError('config.loss enables no loss: set at least one of loss.t2i, loss.i2t')
-  return fns
+    raise errors.UserError('config.loss enables no loss: set at least one of loss.t2i, '
+                           'loss.i2t')
+
+  def weighted(fn, weight):
+    def fn_times_weight(*args, **kwargs):
+      loss, metrics = fn(*args, **kwargs)
+      return weight * loss, metrics
+    return fn_times_weight
+
+  return {name: (stream, fn if config.loss.weights[name] == 1.0
+                 else weighted(fn, config.loss.weights[name]))
+          for name, (stream, fn) in fns.items()}
 
 
 def loss_rng(rng: jax.Array, name: str) -> jax.Array:
@@ -68,13 +108,23 @@ def loss_rng(rng: jax.Array, name: str) -> jax.Array:
   return jax.random.fold_in(rng, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
-def train_step(state: TrainState, batch: Mapping[str, Any], *, loss_fns, tx, schedule,
-               nan_policy: str) -> tuple[TrainState, dict]:
-  """One update: the enabled losses summed with equal weights (the paper's eqs. 1-4)."""
+def full_params(params, frozen):
+  """The model's parameter tree: the trained ones plus the frozen text encoder, if any."""
+  return params if frozen is None else t5_loader.merge(params, frozen)
+
+
+def train_step(state: TrainState, batch: Mapping[str, Any], frozen=None, *, loss_fns, tx,
+               schedule, nan_policy: str) -> tuple[TrainState, dict]:
+  """One update: the enabled losses summed with equal weights (the paper's eqs. 1-4).
+
+  `frozen` (the pretrained T5 encoder's parameters, or None) is an input, not state: it gets no
+  gradient, no optimizer state and no checkpoint.
+  """
   rng, step_rng = jax.random.split(state.rng)
 
   def total_loss(params):
     total, metrics = 0.0, {}
+    params = full_params(params, frozen)
     for name, (stream, fn) in sorted(loss_fns.items()):
       loss, loss_metrics = fn(params, batch[stream], loss_rng(step_rng, name))
       total = total + loss
@@ -102,10 +152,14 @@ def train_step(state: TrainState, batch: Mapping[str, Any], *, loss_fns, tx, sch
   return new_state, metrics
 
 
-def eval_step(params, batch: Mapping[str, Any], rng, *, loss_fns) -> dict:
-  """Loss metrics without dropout on a held-out batch (teacher-forced, fixed masks per rng)."""
-  metrics = {}
+def eval_step(params, batch: Mapping[str, Any], rng, *, loss_fns, model) -> dict:
+  """Loss metrics without dropout on a held-out batch (teacher-forced, fixed masks per rng),
+  and teacher-forced captioning of the whole, unmasked image."""
+  metrics = {f'i2t/{k}': v for k, v in
+             losses.i2t_full_image_metrics(params, batch['paired'], model=model).items()}
   for name, (stream, fn) in sorted(loss_fns.items()):
+    if stream not in batch:
+      continue  # the unpaired losses: the cycle evaluator measures cycle consistency
     _, loss_metrics = fn(params, batch[stream], loss_rng(rng, name), deterministic=True)
     metrics.update({f'{name}/{k}': v for k, v in loss_metrics.items()})
   return metrics
@@ -136,20 +190,9 @@ def opt_state_shardings(abstract_opt_state, abstract_params, param_shardings, me
 
 
 def validate_config(config, num_devices: int, process_count: int) -> None:
-  """Problems a user can fix, reported before anything compiles."""
-  mesh_sizes = partitioning.mesh_shape(config.mesh, num_devices)
-  data_parallel = mesh_sizes[0] * mesh_sizes[1]
-  for stream, size in config.batch.items():
-    if size % data_parallel:
-      raise ValueError(f'batch.{stream}={size} is not divisible by the data-parallel size '
-                       f'{data_parallel} (mesh data x fsdp); choose a multiple of {data_parallel}')
-    if size % process_count:
-      raise ValueError(f'batch.{stream}={size} is not divisible by the {process_count} processes')
-  if config.nan_policy not in ('halt', 'skip'):
-    raise ValueError(f"nan_policy must be 'halt' or 'skip', got {config.nan_policy!r}")
-  if not config.data.dir:
-    raise ValueError('data.dir is empty: point --config.data.dir at prepared shards '
-                     '(python -m itit.prepare)')
+  """Problems a user can fix, reported before anything compiles (itit/config_check.py)."""
+  streams = {stream for stream, _ in make_loss_fns(config, itit_model.ITIT(config.model)).values()}
+  config_check.check_train_config(config, num_devices, process_count, streams)
 
 
 class _Preemption:
@@ -167,6 +210,85 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+def seed_key_data(config) -> jax.Array:
+  """The run's root key as raw uint32 data [2] (what `init_train_state` takes)."""
+  return jax.random.key_data(jax.random.PRNGKey(config.seed))
+
+
+def init_train_state(config, tx, seed_data: jax.Array) -> TrainState:
+  """A fresh state from `seed_key_data(config)`; a frozen T5 encoder is left out of params."""
+  init_rng, rng = jax.random.split(jax.random.wrap_key_data(seed_data))
+  params = nn.unbox(itit_model.init_params(config.model, init_rng))
+  if config.model.text_encoder.kind == 't5':
+    params, _ = t5_loader.split_frozen(params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=rng, first_nonfinite_step=jnp.full((), -1, jnp.int32),
+                    skipped_steps=jnp.zeros((), jnp.int32))
+
+
+def state_layout(config, tx, mesh, rules) -> tuple[TrainState, TrainState, Any]:
+  """(abstract_state, state_shardings, frozen_shardings), from shapes only (nothing allocated).
+
+  frozen_shardings are the frozen T5 encoder's parameter shardings, or None. Initialization
+  runs outside the mesh context: its layout comes from out_shardings, and flax's DenseGeneral
+  would apply logical constraints to its flattened kernels there.
+  """
+  with nn.logical_axis_rules(rules):
+    boxed_params = jax.eval_shape(
+        lambda r: itit_model.init_params(config.model, r), jax.random.PRNGKey(0))
+    param_shardings = partitioning.tree_shardings(boxed_params, mesh, rules)
+    frozen_shardings = None
+    if config.model.text_encoder.kind == 't5':
+      param_shardings, frozen_shardings = t5_loader.split_frozen(param_shardings)
+    abstract_state = jax.eval_shape(functools.partial(init_train_state, config, tx),
+                                    seed_key_data(config))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state_shardings = TrainState(
+      step=replicated, params=param_shardings,
+      opt_state=opt_state_shardings(abstract_state.opt_state, abstract_state.params,
+                                    param_shardings, mesh),
+      rng=replicated, first_nonfinite_step=replicated, skipped_steps=replicated)
+  return abstract_state, state_shardings, frozen_shardings
+
+
+def jit_train_step(config, loss_fns, tx, schedule, state_shardings):
+  """`train_step` jitted with the state donated and its output laid out as `state_shardings`.
+
+  Call it under `jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)`, which place the
+  activation constraints.
+  """
+  return jax.jit(
+      functools.partial(train_step, loss_fns=loss_fns, tx=tx, schedule=schedule,
+                        nan_policy=config.nan_policy),
+      out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+
+def params_from_run(init_from: str, like, shardings):
+  """Parameters of another run's checkpoint ('WORKDIR' or 'WORKDIR:STEP'), laid out as `like`.
+
+  The trees must match in paths and shapes (the same model config); the frozen T5 encoder is in
+  neither. Used when a workdir has no checkpoint yet (e.g. configs/coco_finetune.py).
+  """
+  workdir, step = init_from, None
+  head, _, tail = init_from.rpartition(':')
+  if head and tail.isdigit():
+    workdir, step = head, int(tail)
+  params, step = checkpointing.load_params(workdir, step)
+  loaded = flax.traverse_util.flatten_dict(params, sep='/')
+  wanted = flax.traverse_util.flatten_dict(like, sep='/')
+  problems = [f'{k}: missing' for k in sorted(set(wanted) - set(loaded))]
+  problems += [f'{k}: not in this model' for k in sorted(set(loaded) - set(wanted))]
+  problems += [f'{k}: {tuple(loaded[k].shape)} vs {tuple(v.shape)}'
+               for k, v in sorted(wanted.items()) if k in loaded and loaded[k].shape != v.shape]
+  if problems:
+    raise ValueError(f'init_from={init_from!r}: its step-{step} parameters do not fit this model '
+                     f'({len(problems)} differences, e.g. {problems[:3]}); use the model config '
+                     'of that run')
+  params = jax.tree.map(lambda x, ref: np.asarray(x, ref.dtype), params, like)
+  print(f'Initialised the parameters from {workdir} at step {step}.', flush=True)
+  return jax.device_put(params, shardings)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains to config.total_steps (resuming if the workdir has a checkpoint); returns eval metrics."""
   jax.config.update('jax_threefry_partitionable', True)
@@ -181,27 +303,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data.check_model(config.model)
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
 
-  def init_state(rng):
-    init_rng, rng = jax.random.split(rng)
-    params = nn.unbox(itit_model.init_params(config.model, init_rng))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=rng, first_nonfinite_step=jnp.full((), -1, jnp.int32),
-                      skipped_steps=jnp.zeros((), jnp.int32))
-
-  seed_rng = jax.random.key_data(jax.random.PRNGKey(config.seed))
-  # Initialization runs outside the mesh context: its layout comes from out_shardings, and
-  # flax's DenseGeneral would apply logical constraints to its flattened kernels there.
-  with nn.logical_axis_rules(rules):
-    boxed_params = jax.eval_shape(
-        lambda r: itit_model.init_params(config.model, r), jax.random.PRNGKey(0))
-    param_shardings = partitioning.tree_shardings(boxed_params, mesh, rules)
-    abstract_state = jax.eval_shape(lambda r: init_state(jax.random.wrap_key_data(r)), seed_rng)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    state_shardings = TrainState(
-        step=replicated, params=param_shardings,
-        opt_state=opt_state_shardings(abstract_state.opt_state, abstract_state.params,
-                                      param_shardings, mesh),
-        rng=replicated, first_nonfinite_step=replicated, skipped_steps=replicated)
+  frozen_kind = config.model.text_encoder.kind == 't5'
+  abstract_state, state_shardings, frozen_shardings = state_layout(config, tx, mesh, rules)
 
   print(f'ITIT {itit_model.format_param_counts(itit_model.count_params(config))}; '
         f'mesh {dict(mesh.shape)}; losses {sorted(loss_fns)}', flush=True)
@@ -209,39 +312,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                             max_to_keep=config.keep_checkpoints)
   meta = dict(config=json.loads(config.to_json_best_effort()), data=data.identities())
+  frozen = None
+  if frozen_kind:
+    t5_path = config.model.text_encoder.path
+    meta['text_encoder'] = t5_loader.t5_identity(t5_path)
+    frozen = jax.device_put(t5_loader.load_t5_params(t5_path, config.model.text_encoder),
+                            frozen_shardings)
   latest = checkpointer.latest_step()
   with nn.logical_axis_rules(rules):
     if latest is not None:
       saved_meta = checkpointer.restore_meta(latest)
       train_data.check_resume_identities(saved_meta.get('data', {}), meta['data'], workdir)
+      if 'text_encoder' in saved_meta:
+        t5_loader.check_t5_identity(saved_meta['text_encoder'], config.model.text_encoder.path)
       state, _ = checkpointer.restore(
           latest, checkpointing.abstract_with_shardings(abstract_state, state_shardings),
           data.iterators)
       print(f'Resumed from {checkpointer.directory} at step {latest}.', flush=True)
     else:
-      state = jax.jit(lambda r: init_state(jax.random.wrap_key_data(r)),
-                      out_shardings=state_shardings)(seed_rng)
-    step_fn = jax.jit(
-        functools.partial(train_step, loss_fns=loss_fns, tx=tx, schedule=schedule,
-                          nan_policy=config.nan_policy),
-        out_shardings=(state_shardings, None), donate_argnums=(0,))
-    eval_fn = jax.jit(functools.partial(eval_step, loss_fns=loss_fns))
+      state = jax.jit(functools.partial(init_train_state, config, tx),
+                      out_shardings=state_shardings)(seed_key_data(config))
+      if config.get('init_from'):
+        state = state.replace(params=params_from_run(config.init_from, state.params,
+                                                     state_shardings.params))
+    step_fn = jit_train_step(config, loss_fns, tx, schedule, state_shardings)
+    eval_fn = jax.jit(functools.partial(eval_step, loss_fns=loss_fns, model=model))
+  evaluator = evaluators.maybe_suite(config, model, workdir)
 
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
   writer = metric_writer.MetricWriter(workdir)
   step = int(jax.device_get(state.step))
   progress = metric_writer.Progress(config.total_steps, step)
   preemption = _Preemption()
   last_checked = step
   examples_per_step = sum(config.batch[s] for s in streams)
+  # Analytic FLOPs of one step (itit.flops), for TFLOP/s per device and MFU in the log.
+  flops_per_step = flops.train_step_flops(config, list(loss_fns))['total']
+  device_kind = jax.devices()[0].device_kind
   t_log = time.perf_counter()
   step_at_log = step
 
   def check_finite():
     bad = int(jax.device_get(state.first_nonfinite_step))
     if bad >= 0 and config.nan_policy == 'halt':
-      raise FloatingPointError(
+      raise errors.TrainingDiverged(
           f'non-finite loss or gradient at step {bad + 1} (detected between steps {last_checked} '
           f"and {step}); no checkpoint was written after it. Lower the learning rate, or set "
           f"--config.nan_policy=skip to drop such updates.")
@@ -256,7 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     while step < stop_at:
       with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         batch = partitioning.global_batch(data.next_batch(), mesh)
-        state, metrics = step_fn(state, batch)
+        state, metrics = step_fn(state, batch, frozen)
       step += 1
       if step % config.log_every == 0 or step == config.total_steps:
         metrics = jax.device_get(metrics)
@@ -267,6 +383,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         t_log, step_at_log = now, step
         scalars = {k: float(v) for k, v in metrics.items()}
         scalars.update(steps_per_s=steps_per_s, examples_per_s=steps_per_s * examples_per_step)
+        scalars.update(flops.mfu(flops_per_step, 1.0 / max(steps_per_s, 1e-9),
+                                 jax.device_count(), device_kind))
         writer.write_scalars(step, scalars)
         progress.report(step, {k: scalars[k] for k in ('loss', 'l2_grads', 'lr')})
       save_now = step % config.checkpoint_every == 0 or step == stop_at
@@ -274,8 +392,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         check_finite()
         checkpointer.save(step, state, meta, data.iterators, force=preemption.requested)
       if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
-        results = evaluate(eval_fn, state.params, config, data, mesh, rules)
-        writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items()})
+        results = evaluate(eval_fn, full_params(state.params, frozen), config, data, mesh, rules,
+                           evaluator, writer, step)
       if preemption.requested:
         checkpointer.close()
         writer.close()
@@ -287,10 +405,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       print(f'Stopped at step {step} of {config.total_steps} (max_steps_per_run); re-run the '
             f'same command to continue.', flush=True)
       return {'stopped_at_step': step}
-    results = evaluate(eval_fn, state.params, config, data, mesh, rules)
-    writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items()})
-    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-      json.dump({'step': step, **results}, f, indent=2)
+    results = evaluate(eval_fn, full_params(state.params, frozen), config, data, mesh, rules,
+                       evaluator, writer, step)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+        json.dump({'step': step, **results}, f, indent=2)
   finally:
     preemption.restore()
     checkpointer.close()
@@ -301,26 +420,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def evaluate(eval_fn, params, config, data: train_data.TrainData, mesh, rules) -> dict:
-  """Mean loss metrics over the test split, teacher-forced and without dropout."""
+def evaluate(eval_fn, params, config, data: train_data.TrainData, mesh, rules, evaluator,
+             writer: metric_writer.MetricWriter, step: int) -> dict:
+  """Teacher-forced loss metrics over the test split (no dropout), then the configured
+  evaluators (`eval.evaluators`: itit/evaluators); written as eval/*."""
   totals, count = {}, 0
   rng = jax.random.PRNGKey(config.seed + 1)
   for index, batch in enumerate(data.test_batches()):
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      metrics = eval_fn(params, partitioning.global_batch(batch, mesh), jax.random.fold_in(rng, index))
+      metrics = eval_fn(params, partitioning.global_batch(batch, mesh),
+                        jax.random.fold_in(rng, index))
     for k, v in jax.device_get(metrics).items():
       totals[k] = totals.get(k, 0.0) + float(v)
     count += 1
-  return {k: v / max(count, 1) for k, v in totals.items()}
+  results = {k: v / max(count, 1) for k, v in totals.items()}
+  if evaluator is not None:
+    scores, grids = evaluator.run(params, jax.random.PRNGKey(config.seed + 2), step=step)
+    results.update(scores)
+    writer.write_images(step, grids)
+  writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items()})
+  return results
 
 
 def main(argv):
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _WORKDIR.value is None or _CONFIG.value is None:
     raise app.UsageError('--config and --workdir are required')
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  distributed.initialize()
+  errors.exit_on_user_error(lambda: train_and_evaluate(_CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)

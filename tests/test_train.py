@@ -127,3 +127,30 @@ def test_refuses_mesh_that_does_not_match_devices(data_dir, tmp_path):
   config = tiny_config(data_dir, **{'mesh.data': jax.device_count() + 1})
   with pytest.raises(ValueError, match=f'needs {jax.device_count() + 1} devices'):
     train.train_and_evaluate(config, str(tmp_path / 'mesh'))
+
+
+def _random_t5(path, seed):
+  torch = pytest.importorskip('torch', reason='the T5 test needs torch (pip install .[test])')
+  transformers = pytest.importorskip('transformers', reason='needs transformers (.[test])')
+  torch.manual_seed(seed)
+  config = transformers.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                                 num_heads=2, feed_forward_proj='gated-gelu')
+  transformers.T5EncoderModel(config).save_pretrained(path)
+  return str(path)
+
+
+def test_frozen_t5_stays_out_of_state_and_resume_checks_it(data_dir, tmp_path):
+  from itit.models import t5_loader
+  t5_dir = _random_t5(tmp_path / 't5', seed=0)
+  config = tiny_config(data_dir, max_steps_per_run=3)
+  config.model.text_encoder = t5_loader.text_encoder_config(t5_dir)
+  workdir = str(tmp_path / 't5run')
+  assert train.train_and_evaluate(config, workdir) == {'stopped_at_step': 3}
+  _, params = final_params(workdir)
+  assert 'text_encoder' not in params and 'encoder_text_projection' in params
+  meta = json.load(open(os.path.join(workdir, 'checkpoints', '3', 'meta', 'metadata')))
+  assert meta['text_encoder'] == t5_loader.t5_identity(t5_dir)
+  other = _random_t5(tmp_path / 't5_other', seed=1)
+  config.model.text_encoder.path = other
+  with pytest.raises(ValueError, match='is not the T5 checkpoint this run was trained with'):
+    train.train_and_evaluate(config, workdir)
