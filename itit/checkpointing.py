@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
+from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+from itit import errors
 
 
 class Checkpointer:
@@ -47,11 +50,33 @@ class Checkpointer:
     Restoring into a different mesh than the one that saved works: Orbax reads each shard for
     the target sharding. Iterators are restored in place.
     """
+    self.check_params_fit(step, abstract_state)
     items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
     for name, iterator in (iterators or {}).items():
       items[f'data_{name}'] = grain.checkpoint.CheckpointRestore(iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored['state'], restored['meta']
+
+  def check_params_fit(self, step: int, abstract_state: Any) -> None:
+    """Raises a one-line UserError naming every parameter whose name or shape differs.
+
+    Reads only the checkpoint's metadata, so a run started with another model config (another
+    width, depth or vocabulary) is told what differs instead of getting Orbax's shape error.
+    """
+    saved_tree = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(self.directory) / str(step) / 'state').tree
+    saved = leaf_shapes(saved_tree.get('params', {}))
+    wanted = leaf_shapes(abstract_state.params)
+    problems = [f'{k} is not in this model' for k in sorted(set(saved) - set(wanted))]
+    problems += [f'{k} is missing' for k in sorted(set(wanted) - set(saved))]
+    problems += [f'{k} saved {saved[k]}, this config {shape}'
+                 for k, shape in sorted(wanted.items()) if k in saved and saved[k] != shape]
+    if problems:
+      more = f' (+{len(problems) - 4} more)' if len(problems) > 4 else ''
+      raise errors.UserError(
+          f'the checkpoint at step {step} in {self.directory} does not fit this model config: '
+          f'{len(problems)} parameters differ: {"; ".join(problems[:4])}{more}. Resume with the '
+          f'config it was trained with (config.json next to checkpoints/), or use a new workdir')
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -75,6 +100,15 @@ def load_params(workdir: str, step: int | None = None) -> tuple[Any, int]:
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   manager.close()
   return restored['state']['params'], step
+
+
+def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """'encoder/block_0/mlp/kernel' -> shape, for every array of a nested-dict tree."""
+  shapes = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+    shapes[name] = tuple(leaf.shape)
+  return shapes
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

@@ -20,9 +20,9 @@ from typing import Iterator
 from absl import app
 from absl import flags
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 
+from itit import errors
 from itit.data import shapes
 from itit.data import shards
 from itit.data import sources
@@ -30,7 +30,7 @@ from itit.data import webdataset
 from itit.data.text_tokenizer import TextTokenizer
 from itit.models import vqgan
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Prepare config file.', lock_config=True)
+_CONFIG = errors.config_flag('Prepare config file.')
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Folder of the token shards (one sub-folder per stream).')
 
 # What each stream kind keeps of a record.
@@ -179,8 +179,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _CONFIG.value is None or _OUT_DIR.value is None:
     raise app.UsageError('--config and --out_dir are required')
-  prepare(_CONFIG.value, _OUT_DIR.value)
+  errors.exit_on_user_error(lambda: prepare(_CONFIG.value, _OUT_DIR.value),
+                            also=(sources.SourceError,))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)

@@ -14,6 +14,7 @@ from typing import Iterator, Mapping
 import jax
 import numpy as np
 
+from itit import errors
 from itit.data import pipeline
 from itit.data import shards
 
@@ -50,33 +51,38 @@ class TrainData:
     for kind in ('image_tokenizer', 'text_tokenizer'):
       seen = {s: ids.get(kind) for s, ids in identities.items() if ids.get(kind)}
       if len({str(v) for v in seen.values()}) > 1:
-        raise ValueError(f'the streams under {self.config.data.dir} were made with different '
-                         f'{kind}s: {seen}; re-run itit.prepare for all of them')
+        raise errors.UserError(
+            f'the streams under {self.config.data.dir} were made with different '
+            f'{kind}s: {seen}; re-run itit.prepare for all of them')
 
   def check_model(self, model_config) -> None:
     """The model's vocabularies and grid must fit the tokens in the shards."""
     for stream, ids in self.identities().items():
       image = ids.get('image_tokenizer') or {}
       if image.get('codebook_size') not in (None, model_config.image_vocab_size):
-        raise ValueError(f'stream {stream!r}: the VQGAN has {image["codebook_size"]} codes but '
-                         f'model.image_vocab_size is {model_config.image_vocab_size}; set '
-                         f'--config.model.image_vocab_size={image["codebook_size"]}')
+        raise errors.UserError(
+            f'stream {stream!r}: the VQGAN has {image["codebook_size"]} codes but '
+            f'model.image_vocab_size is {model_config.image_vocab_size}; set '
+            f'--config.model.image_vocab_size={image["codebook_size"]}')
       if image.get('grid_size') not in (None, model_config.image_grid):
-        raise ValueError(f'stream {stream!r}: the VQGAN makes a {image["grid_size"]}x'
-                         f'{image["grid_size"]} token grid but model.image_grid is '
-                         f'{model_config.image_grid}; set --config.model.image_grid='
-                         f'{image["grid_size"]}')
+        raise errors.UserError(
+            f'stream {stream!r}: the VQGAN makes a {image["grid_size"]}x'
+            f'{image["grid_size"]} token grid but model.image_grid is '
+            f'{model_config.image_grid}; set --config.model.image_grid='
+            f'{image["grid_size"]}')
       text = ids.get('text_tokenizer') or {}
       if text.get('vocab_size', 0) > model_config.text_vocab_size:
-        raise ValueError(f'stream {stream!r}: the SentencePiece model has {text["vocab_size"]} '
-                         f'pieces but model.text_vocab_size is {model_config.text_vocab_size}; '
-                         f'set --config.model.text_vocab_size={text["vocab_size"]} or more')
+        raise errors.UserError(
+            f'stream {stream!r}: the SentencePiece model has {text["vocab_size"]} '
+            f'pieces but model.text_vocab_size is {model_config.text_vocab_size}; '
+            f'set --config.model.text_vocab_size={text["vocab_size"]} or more')
     for stream, source in self.sources.items():
       for field in source.manifest['fields']:
         if field['name'] == 'text_ids' and field['shape'][0] != model_config.max_text_len:
-          raise ValueError(f'stream {stream!r} holds texts of length {field["shape"][0]} but '
-                           f'model.max_text_len is {model_config.max_text_len}; set '
-                           f'--config.model.max_text_len={field["shape"][0]}')
+          raise errors.UserError(
+              f'stream {stream!r} holds texts of length {field["shape"][0]} but '
+              f'model.max_text_len is {model_config.max_text_len}; set '
+              f'--config.model.max_text_len={field["shape"][0]}')
 
   def identities(self) -> dict:
     result = {s: dict(src.manifest.get('identities', {})) for s, src in self.sources.items()}
@@ -110,7 +116,7 @@ def check_resume_identities(saved: Mapping, current: Mapping, workdir: str) -> N
       continue
     for kind, value in saved_ids.items():
       if now.get(kind) != value:
-        raise SystemExit(
-            f'error: cannot resume {workdir}: stream {stream!r} was trained on data whose '
+        raise errors.UserError(
+            f'cannot resume {workdir}: stream {stream!r} was trained on data whose '
             f'{kind} was {value}, but the data now has {now.get(kind)}. Point data.dir at the '
             f'original shards, or start a new workdir.')

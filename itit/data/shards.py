@@ -27,6 +27,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 import numpy as np
 import tqdm
 
+from itit import errors
 from itit.data.text_tokenizer import TextTokenizer
 
 if TYPE_CHECKING:
@@ -57,13 +58,18 @@ def record_dtype(fields: Sequence[dict]) -> np.dtype:
 def read_manifest(shard_dir: str | os.PathLike) -> dict:
   path = os.path.join(shard_dir, MANIFEST_NAME)
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f'{path} not found: {shard_dir} is not a token shard folder (make one with '
         'itit.data.shards.write_shards / python -m itit.prepare)')
-  with open(path) as f:
-    manifest = json.load(f)
-  if manifest.get('format_version') != FORMAT_VERSION:
-    raise ValueError(
+  try:
+    with open(path, 'rb') as f:
+      manifest = json.loads(f.read().decode('utf-8'))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise errors.CorruptFileError(f'{path} is not valid JSON ({e}): the manifest was damaged; '
+                                  're-make the shards (python -m itit.prepare)') from None
+  if not isinstance(manifest, dict) or manifest.get('format_version') != FORMAT_VERSION:
+    manifest = manifest if isinstance(manifest, dict) else {}
+    raise errors.UserError(
         f'{path} has format_version {manifest.get("format_version")}, this reader reads '
         f'{FORMAT_VERSION}: re-make the shards with this version of itit')
   return manifest
@@ -91,11 +97,11 @@ def check_manifest(manifest: dict, expected_identities: dict, shard_dir: str | o
   recorded = _flatten(manifest.get('identities', {}))
   for name, expected in _flatten(expected_identities).items():
     if name not in recorded:
-      raise ValueError(
+      raise errors.UserError(
           f'token shards {shard_dir} record no identity {name} (this run expects '
           f'{_short(expected)}): re-make the shards with the current tokenizers')
     if recorded[name] != expected:
-      raise ValueError(
+      raise errors.UserError(
           f'token shards {shard_dir} were made with {name} {_short(recorded[name])} but this '
           f'run uses {_short(expected)}: re-make the shards with the current tokenizers, or '
           'point the config at the tokenizer the shards were made with')
@@ -128,12 +134,18 @@ class ShardDataSource:
     for shard in self.manifest['shards']:
       path = os.path.join(self.shard_dir, shard['file'])
       if not os.path.exists(path):
-        raise FileNotFoundError(f'token shard {path} is missing (listed in the manifest): '
-                                'copy the whole shard folder, or re-make the shards')
-      reader = ArrayRecordReader(path, _READER_OPTIONS)
-      if reader.num_records() != shard['num_records']:
-        raise ValueError(
-            f'token shard {path} holds {reader.num_records()} records but the manifest says '
+        raise errors.MissingFileError(f'token shard {path} is missing (listed in the manifest): '
+                                      'copy the whole shard folder, or re-make the shards')
+      try:
+        reader = ArrayRecordReader(path, _READER_OPTIONS)
+        num_records = reader.num_records()
+      except (RuntimeError, OSError, ValueError) as e:
+        raise errors.CorruptFileError(
+            f'token shard {path} cannot be opened ({" ".join(str(e).split())}): the file is '
+            'damaged; re-make the shards (python -m itit.prepare) or copy it again') from None
+      if num_records != shard['num_records']:
+        raise errors.CorruptFileError(
+            f'token shard {path} holds {num_records} records but the manifest says '
             f'{shard["num_records"]}: the file was replaced or truncated; re-make the shards')
       self._readers.append(reader)
 
@@ -162,7 +174,19 @@ class ShardDataSource:
     records = [b''] * len(indices)
     for shard in np.unique(shard_of):
       rows = np.flatnonzero(shard_of == shard)
-      for row, record in zip(rows, self._readers[shard].read(positions[rows].tolist())):
+      path = os.path.join(self.shard_dir, self.manifest['shards'][shard]['file'])
+      try:
+        read = self._readers[shard].read(positions[rows].tolist())
+      except RuntimeError as e:  # ArrayRecord reports a failed chunk checksum this way
+        raise errors.CorruptFileError(
+            f'token shard {path} is damaged ({" ".join(str(e).split())[:200]}): re-make the '
+            'shards (python -m itit.prepare) or copy the file again') from None
+      for row, position, record in zip(rows, positions[rows], read):
+        if len(record) != self.dtype.itemsize:
+          raise errors.CorruptFileError(
+              f'token shard {path} record {position} has {len(record)} bytes, the manifest\'s '
+              f'layout {self.dtype.itemsize}: the file does not match its manifest; re-make '
+              'the shards (python -m itit.prepare)')
         records[row] = record
     batch = np.frombuffer(b''.join(records), self.dtype)
     # The fields of a packed structured array are strided views; consumers (device_put) want
@@ -178,7 +202,7 @@ def open_shards(shard_dir: str | os.PathLike,
   """Opens a completed shard folder, after checking the tokenizer identities if given."""
   manifest = read_manifest(shard_dir)
   if not manifest['complete']:
-    raise ValueError(
+    raise errors.UserError(
         f'token shards {shard_dir} are incomplete ({manifest["num_records"]} records in '
         f'{len(manifest["shards"])} shards so far): re-run the same write to finish them')
   if expected_identities:

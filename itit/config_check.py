@@ -1,0 +1,79 @@
+"""Checks of a training config that need no compile: each problem is one `UserError` line.
+
+`itit.train` runs `check_train_config` first, so a typo in a batch size, a mesh for other
+hardware or a wrong path fails in seconds, not after minutes of compiling. (Unknown config
+fields are refused earlier still, by the locked ConfigDict: `itit.errors.parse_flags`.)
+"""
+from __future__ import annotations
+
+import os
+
+from itit import errors
+from itit import partitioning
+
+NAN_POLICIES = ('halt', 'skip')
+_STREAM_HINT = 'python -m itit.prepare writes one folder per stream under data.dir'
+
+
+def check_mesh(config, num_devices: int) -> tuple[int, int, int]:
+  """The resolved (data, fsdp, tensor) sizes, or a UserError if they do not fit the devices."""
+  try:
+    return partitioning.mesh_shape(config.mesh, num_devices)
+  except ValueError as e:
+    raise errors.UserError(str(e)) from None
+
+
+def check_batch_sizes(config, data_parallel: int, process_count: int, streams) -> None:
+  for stream in streams:
+    size = config.batch[stream]
+    if size <= 0:
+      raise errors.UserError(f'batch.{stream}={size}: a batch size must be positive')
+    if size % data_parallel:
+      raise errors.UserError(
+          f'batch.{stream}={size} is not divisible by the data-parallel size {data_parallel} '
+          f'(mesh data x fsdp); choose a multiple of {data_parallel}, e.g. '
+          f'--config.batch.{stream}={max(data_parallel, size // data_parallel * data_parallel)}')
+    if size % process_count:
+      raise errors.UserError(f'batch.{stream}={size} is not divisible by the {process_count} '
+                             f'processes; choose a multiple of {process_count}')
+
+
+def check_data_dir(config, streams) -> None:
+  """data.dir exists and holds a shard folder (with manifest.json) for every stream read."""
+  if not config.data.dir:
+    raise errors.UserError('data.dir is empty: point --config.data.dir at prepared shards '
+                           '(python -m itit.prepare)')
+  if not os.path.isdir(config.data.dir):
+    raise errors.MissingFileError(f'data.dir {config.data.dir} does not exist: point '
+                                  f'--config.data.dir at prepared shards ({_STREAM_HINT})')
+  for stream in streams:
+    folder = os.path.join(config.data.dir, config.data[stream])
+    if not os.path.isfile(os.path.join(folder, 'manifest.json')):
+      raise errors.MissingFileError(
+          f'stream {stream!r}: {folder} holds no token shards (no manifest.json); set '
+          f'--config.data.{stream} to its folder under data.dir ({_STREAM_HINT})')
+
+
+def check_text_encoder(config) -> None:
+  encoder = config.model.text_encoder
+  if encoder.kind not in ('learned', 't5'):
+    raise errors.UserError(f"model.text_encoder.kind={encoder.kind!r}; use 'learned' or 't5'")
+  if encoder.kind == 't5':
+    if not encoder.path or not os.path.isdir(encoder.path):
+      raise errors.MissingFileError(
+          f'model.text_encoder.path={encoder.path!r} is not a directory: point it at a local '
+          'Hugging Face T5 checkpoint (config.json + *.safetensors)')
+
+
+def check_train_config(config, num_devices: int, process_count: int, streams=None) -> None:
+  """Every check above; `streams` are the input streams the enabled losses read (default all)."""
+  streams = sorted(streams if streams is not None else config.batch.keys())
+  for name in ('total_steps', 'log_every', 'checkpoint_every'):
+    if config[name] <= 0:
+      raise errors.UserError(f'{name}={config[name]}: must be a positive number of steps')
+  if config.nan_policy not in NAN_POLICIES:
+    raise errors.UserError(f'nan_policy={config.nan_policy!r}; use one of {NAN_POLICIES}')
+  data, fsdp, _ = check_mesh(config, num_devices)
+  check_batch_sizes(config, data * fsdp, process_count, streams)
+  check_data_dir(config, streams)
+  check_text_encoder(config)
