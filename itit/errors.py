@@ -66,6 +66,13 @@ def config_flag(help_text: str) -> flags.FlagHolder:
   return config_flags.DEFINE_config_file('config', None, help_text, lock_config=True)
 
 
+def string_flag(name: str, help_text: str) -> flags.FlagHolder:
+  """A string flag (default None) shared by the CLI modules that define it, like `config_flag`."""
+  if name in flags.FLAGS:
+    return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
+  return flags.DEFINE_string(name, None, help_text)
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl's flag parsing, with a one-line error for a `--config.x=v` naming no config field.
 

@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from itit import errors
 from itit import checkpointing
 from itit import generate
 from itit import shapes_eval
@@ -26,7 +27,7 @@ from itit.data import images as images_lib
 from itit.models import itit as itit_model
 from itit.models import vqgan
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir (config.json + checkpoints/).')
+_WORKDIR = errors.string_flag('workdir', 'A training workdir (config.json + checkpoints/).')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default the latest.')
 _PROMPT = flags.DEFINE_multi_string('prompt', [], 'A prompt (repeatable).')
 _PROMPTS = flags.DEFINE_string('prompts', None, 'A text file with one prompt per line.')

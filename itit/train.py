@@ -45,7 +45,7 @@ from itit import losses
 from itit import optimizer as optimizer_lib
 
 _CONFIG = errors.config_flag('Training config file.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and samples go.')
+_WORKDIR = errors.string_flag('workdir', 'Where checkpoints, metrics and samples go.')
 
 
 @flax.struct.dataclass

@@ -22,19 +22,19 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from itit import errors
 from itit import metric_writer
 from itit import vqgan_losses
 from itit.data import images as image_io
 from itit.data import shapes
 from itit.models import vqgan
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Tokenizer config (configs/vqgan_*.py).')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory; re-running resumes in it.')
+_CONFIG = errors.config_flag('Tokenizer config (configs/vqgan_*.py).')
+_WORKDIR = errors.string_flag('workdir', 'Output directory; re-running resumes in it.')
 
 
 def _image_files(config):
