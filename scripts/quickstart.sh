@@ -11,7 +11,7 @@ export PYTHONWARNINGS=ignore::DeprecationWarning
 python3 -m itit.train_tokenizer --config=configs/vqgan_shapes.py:quick --workdir="$RUN/vqgan"
 python3 -m itit.prepare --config=configs/prepare_shapes.py:0.02 --out_dir="$RUN/data" \
   --config.image_tokenizer="$RUN/vqgan"
-python3 -m itit.train --config=configs/shapes.py:quick --workdir="$RUN/itit" \
+python3 -m itit.train --config=configs/shapes.py:row14,quick --workdir="$RUN/itit" \
   --config.data.dir="$RUN/data"
 python3 -m itit.sample --workdir="$RUN/itit" --cycle=3 --num_steps=12 \
   --prompt="a large red circle at the top left" \

@@ -74,6 +74,8 @@ class ITIT(nn.Module):
     self.dtype = layers.dtype_from_name(c.dtype)
     self.num_image_tokens = c.image_grid * c.image_grid
     impl = c.get('attention_impl')
+    # Activation recomputation and scan-over-layers (config switches; off by default).
+    stack_options = dict(remat=c.get('remat', 'none'), scan_layers=c.get('scan_layers', False))
     embed_init = nn.initializers.normal(0.02)
 
     def param(name, shape, axes, init=embed_init):
@@ -99,7 +101,7 @@ class ITIT(nn.Module):
         'encoder_position', (self.num_image_tokens, width), ('position', 'embed'))
     self.encoder_text_projection = dense(width, 'encoder_text_projection')
     self.encoder = layers.Stack(c.depth, c.num_heads, c.mlp_dim, c.dropout, impl, self.dtype,
-                                name='encoder')
+                                name='encoder', **stack_options)
 
     self.text_decoder_feature_projection = dense(text_width, 'text_decoder_feature_projection')
     self.text_decoder_feature_norm = layers.norm_layer('layer', self.dtype)
@@ -109,7 +111,7 @@ class ITIT(nn.Module):
         'text_decoder_position', (c.max_text_len, text_width), ('position', 'embed'))
     self.text_decoder = layers.Stack(
         c.text_decoder_depth, c.text_decoder_num_heads, c.text_decoder_mlp_dim, c.dropout,
-        impl, self.dtype, name='text_decoder')
+        impl, self.dtype, name='text_decoder', **stack_options)
     self.text_decoder_cache = DecodeCache()
     self.text_decoder_head = dense(text_width, 'text_decoder_head')
     self.text_decoder_head_norm = layers.norm_layer('layer', self.dtype)
@@ -121,7 +123,7 @@ class ITIT(nn.Module):
     self.image_decoder_position = param(
         'image_decoder_position', (self.num_image_tokens, width), ('position', 'embed'))
     self.image_decoder = layers.Stack(c.image_decoder_depth, c.num_heads, c.mlp_dim, c.dropout,
-                                      impl, self.dtype, name='image_decoder')
+                                      impl, self.dtype, name='image_decoder', **stack_options)
     self.image_decoder_head = dense(width, 'image_decoder_head')
     self.image_decoder_head_norm = layers.norm_layer('layer', self.dtype)
     self.image_decoder_logit_bias = param(

@@ -232,23 +232,70 @@ class TransformerBlock(nn.Module):
     return constrain(x)
 
 
+class _BlockWithSettings(TransformerBlock):
+  """A TransformerBlock called as fn(x, mask): its call settings are fields, the form that
+  nn.remat and nn.scan lift (they would trace keyword arguments). Same parameters."""
+  deterministic: bool = True
+  decode: bool = False
+  cache_length: Optional[int] = None
+
+  def __call__(self, x, mask):
+    return super().__call__(x, mask, deterministic=self.deterministic, decode=self.decode,
+                            cache_length=self.cache_length)
+
+
+class _ScannedBlock(_BlockWithSettings):
+  """The body of nn.scan: (carry x, broadcast mask) -> (x, no per-layer output)."""
+
+  def __call__(self, x, mask):
+    return super().__call__(x, mask), None
+
+
+REMAT_POLICIES = {
+    'full': None,  # save nothing: recompute the whole block in the backward pass
+    # Save the weight matmuls' outputs, recompute attention and elementwise ops.
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 class Stack(nn.Module):
-  """`depth` pre-norm blocks and a final norm (LayerNorm), as each ITIT stack uses."""
+  """`depth` pre-norm blocks and a final norm (LayerNorm), as each ITIT stack uses.
+
+  remat ('none' | 'full' | 'dots', config.model.remat) recomputes activations in the backward
+  pass (not while decoding with a cache); the parameter tree is unchanged. scan_layers
+  (config.model.scan_layers) runs the blocks as one nn.scan, compiling one block instead of
+  `depth`: parameters then live under 'blocks' with a leading 'layers' axis of size depth
+  (checkpoints of the two layouts do not load into each other).
+  """
   depth: int
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
   attention_impl: Optional[str] = None
   dtype: Dtype = jnp.float32
+  remat: str = 'none'
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, x, mask=None, *, deterministic, decode=False, cache_length=None):
     """x: [batch, length, width], mask [batch, 1, length, k] -> [batch, length, width]."""
-    for i in range(self.depth):
-      x = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout,
-                           attention_impl=self.attention_impl, dtype=self.dtype,
-                           name=f'block_{i}')(x, mask, deterministic=deterministic,
-                                              decode=decode, cache_length=cache_length)
+    if self.remat != 'none' and self.remat not in REMAT_POLICIES:
+      raise ValueError(f"config.model.remat must be 'none', 'full' or 'dots', got {self.remat!r}")
+    block_cls = _ScannedBlock if self.scan_layers else _BlockWithSettings
+    if self.remat != 'none' and not decode:
+      block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat],
+                           prevent_cse=not self.scan_layers)
+    settings = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
+                    attention_impl=self.attention_impl, dtype=self.dtype,
+                    deterministic=deterministic, decode=decode, cache_length=cache_length)
+    if self.scan_layers:
+      x, _ = nn.scan(block_cls, variable_axes={'params': 0, 'cache': 0},
+                     split_rngs={'params': True, 'dropout': True}, in_axes=nn.broadcast,
+                     length=self.depth, metadata_params={nn.PARTITION_NAME: 'layers'})(
+                         name='blocks', **settings)(x, mask)
+    else:
+      for i in range(self.depth):
+        x = block_cls(name=f'block_{i}', **settings)(x, mask)
     return norm_layer('layer', self.dtype, 'norm_final')(x)
 
 

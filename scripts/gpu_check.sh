@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The GPU check of issue 11: ITIT-B speed on one GPU, in under 8 minutes, with no network.
+#
+# Here (with network), once:   bash scripts/prepare_gpu_wheels.sh      # -> .whl/ (~4.5 MB)
+# On the GPU box, from the repository root (carry .whl):
+#   OUT=/some/dir bash scripts/gpu_check.sh
+# -> $OUT/gpu_results.json (every figure), $OUT/gpu_log.txt, $OUT/trace (jax.profiler, if small).
+#
+# ITIT-B: configs/vit_b.py (256px -> 16x16 tokens, text length 64, learned text encoder), bf16,
+# per-stream batch $BATCH (row 14: 3 x $BATCH examples a step; row 3: 3 x $BATCH paired), T2I
+# and captioning at $SAMPLE_BATCH. cuDNN attention where a probe shows it works, else XLA.
+# Each part runs in its own process under its own timeout, so one failure loses nothing else.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_check_out}
+BATCH=${BATCH:-32}
+SAMPLE_BATCH=${SAMPLE_BATCH:-64}
+CONFIG=${CONFIG:-configs/vit_b.py}  # CONFIG=configs/tiny.py BATCH=4: a CPU smoke test
+mkdir -p "$OUT"
+LOG="$OUT/gpu_log.txt"
+RESULTS="$OUT/gpu_results.json"
+rm -f "$RESULTS"
+exec > >(tee -a "$LOG") 2>&1
+START=$(date +%s)
+elapsed() { echo "[gpu_check] $(( $(date +%s) - START )) s: $*"; }
+
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+fi
+export PYTHONPATH=/tmp/site:$PWD
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
+export TF_CPP_MIN_LOG_LEVEL=1
+nvidia-smi || true
+python3 -c "import jax, flax, optax, grain, ml_collections; print('jax', jax.__version__, 'flax', flax.__version__, 'devices', jax.devices())"
+elapsed "setup done"
+
+# Which jax.nn.dot_product_attention implementation works for each use: training and T2I need
+# masks, a T5-style bias and gradients; cached captioning needs one query over a long cache.
+read -r IMPL_TRAIN IMPL_CAPTION < <(timeout 45 python3 - <<'PY' || echo "xla xla"
+import jax, jax.numpy as jnp
+def probe(b, q, k, grad=False, bias=False):
+  key = jax.random.PRNGKey(0)
+  x = lambda l: jax.random.normal(key, (b, l, 12, 64), jnp.bfloat16)
+  mask = jnp.ones((b, 1, q, k), bool).at[..., -1].set(False)
+  bias_ = jnp.zeros((1, 12, q, k), jnp.bfloat16) if bias else None
+  f = lambda qq: jax.nn.dot_product_attention(qq, x(k), x(k), bias=bias_, mask=mask,
+                                              implementation='cudnn').astype(jnp.float32).sum()
+  try:
+    jax.block_until_ready(jax.jit(jax.grad(f) if grad else f)(x(q)))
+    return True
+  except Exception as e:
+    print(f'cudnn probe b={b} q={q} k={k} grad={grad} bias={bias}: {type(e).__name__}',
+          file=__import__('sys').stderr)
+    return False
+train = probe(4, 192, 192, grad=True) and probe(4, 64, 64, grad=True, bias=True) and probe(4, 256, 256)
+caption = probe(4, 257, 322) and probe(4, 1, 322)
+print('cudnn' if train else 'xla', 'cudnn' if caption else 'xla')
+PY
+)
+elapsed "attention: train/t2i=$IMPL_TRAIN caption=$IMPL_CAPTION"
+
+COMMON=(--config="$CONFIG" --config.model.dtype=bfloat16 --batch="$BATCH"
+        --sample_batch="$SAMPLE_BATCH" --steps=5 --out="$RESULTS")
+part() {  # part SECONDS NAME IMPL [extra args]
+  local seconds=$1 name=$2 impl=$3; shift 3
+  elapsed "part $name (attention $impl, timeout ${seconds}s)"
+  timeout --signal=KILL "$seconds" python3 scripts/benchmark.py "${COMMON[@]}" --parts="$name" \
+    --config.model.attention_impl="$impl" "$@" \
+    || echo "[gpu_check] part $name exited with $? (124/137 = timed out)"
+}
+part 220 step "$IMPL_TRAIN" --trace_dir="$OUT/trace"
+part 75 t2i "$IMPL_TRAIN"
+part 80 caption "$IMPL_CAPTION"
+part 35 input "$IMPL_TRAIN" --input_records=50000 --batch=256
+
+if [ -d "$OUT/trace" ]; then
+  size_mb=$(du -sm "$OUT/trace" | cut -f1)
+  if [ "$size_mb" -ge 16 ]; then
+    echo "[gpu_check] trace is ${size_mb} MB (>= 16): removed"; rm -rf "$OUT/trace"
+  else
+    echo "[gpu_check] trace kept: ${size_mb} MB in $OUT/trace"
+  fi
+fi
+elapsed "done; results in $RESULTS"
