@@ -36,6 +36,10 @@ elapsed "setup done"
 
 # Which jax.nn.dot_product_attention implementation works for each use: training and T2I need
 # masks, a T5-style bias and gradients; cached captioning needs one query over a long cache.
+# IMPL=xla|cudnn skips the probe; PARTS (default "step t2i caption input") picks the parts.
+if [ -n "${IMPL:-}" ]; then
+  IMPL_TRAIN=$IMPL; IMPL_CAPTION=$IMPL
+else
 read -r IMPL_TRAIN IMPL_CAPTION < <(timeout 45 python3 - <<'PY' || echo "xla xla"
 import jax, jax.numpy as jnp
 def probe(b, q, k, grad=False, bias=False):
@@ -57,6 +61,7 @@ caption = probe(4, 257, 322) and probe(4, 1, 322)
 print('cudnn' if train else 'xla', 'cudnn' if caption else 'xla')
 PY
 )
+fi
 elapsed "attention: train/t2i=$IMPL_TRAIN caption=$IMPL_CAPTION"
 
 COMMON=(--config="$CONFIG" --config.model.dtype=bfloat16 --batch="$BATCH"
@@ -68,10 +73,15 @@ part() {  # part SECONDS NAME IMPL [extra args]
     --config.model.attention_impl="$impl" "$@" \
     || echo "[gpu_check] part $name exited with $? (124/137 = timed out)"
 }
-part 220 step "$IMPL_TRAIN" --trace_dir="$OUT/trace"
-part 75 t2i "$IMPL_TRAIN"
-part 80 caption "$IMPL_CAPTION"
-part 35 input "$IMPL_TRAIN" --input_records=50000 --batch=256
+PARTS=${PARTS:-step t2i caption input}
+for name in $PARTS; do
+  case $name in
+    step) part "${STEP_TIMEOUT:-220}" step "$IMPL_TRAIN" --trace_dir="$OUT/trace" ;;
+    t2i) part "${T2I_TIMEOUT:-75}" t2i "$IMPL_TRAIN" ;;
+    caption) part "${CAPTION_TIMEOUT:-80}" caption "$IMPL_CAPTION" ;;
+    input) part 35 input "$IMPL_TRAIN" --input_records=50000 --batch=256 ;;
+  esac
+done
 
 if [ -d "$OUT/trace" ]; then
   size_mb=$(du -sm "$OUT/trace" | cut -f1)

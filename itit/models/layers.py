@@ -145,9 +145,14 @@ class Attention(nn.Module):
     if decode:
       key, value = self._update_cache(key, value, cache_length)
 
+    # cuDNN's fused kernel rejects a bias broadcast over the batch (the T5-style relative
+    # bias); those calls take XLA's implementation.
+    implementation = self.implementation
+    if bias is not None and implementation == 'cudnn':
+      implementation = 'xla'
     out = jax.nn.dot_product_attention(
         query, key, value, bias=None if bias is None else bias.astype(query.dtype), mask=mask,
-        scale=self.scale, implementation=self.implementation)
+        scale=self.scale, implementation=implementation)
     return HeadsDense((width,), ('heads', 'kv', 'embed'), ('embed',), contract=2,
                       use_bias=self.use_bias, dtype=self.dtype, name='out')(out)
 
