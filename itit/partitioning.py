@@ -5,6 +5,13 @@ the rules below map them onto the mesh axes (data, fsdp, tensor). Rules are conf
 topology is a config change. Rules are applied in priority order and a mesh axis is used at most
 once per array (flax semantics): 'batch' comes first so activations shard over (data, fsdp) and
 their 'embed' dimension stays whole, while parameters shard 'embed' over fsdp.
+
+Every parameter with an 'embed' dimension (embedding tables, attention and MLP kernels, norms)
+shards over fsdp. The vectors without one (MLP, attention and logit biases) take the second
+rule of their axis, so they shard too: 'mlp' over (tensor, fsdp), 'kv' over fsdp, the
+vocabularies over (tensor, fsdp). A kernel never gets those second rules, because its 'embed'
+already holds fsdp. Activations are not affected: only ('batch', 'length', 'embed') is
+constrained.
 """
 from __future__ import annotations
 
@@ -14,18 +21,22 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.experimental import mesh_utils
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
 DEFAULT_RULES = (
     ('batch', ('data', 'fsdp')),
     ('embed', 'fsdp'),
+    ('mlp', ('tensor', 'fsdp')),
     ('mlp', 'tensor'),
     ('heads', 'tensor'),
+    ('vocab', ('tensor', 'fsdp')),
     ('vocab', 'tensor'),
+    ('image_vocab', ('tensor', 'fsdp')),
     ('image_vocab', 'tensor'),
-    ('kv', None),
+    ('kv', 'fsdp'),
     ('length', None),
     ('layers', None),
 )
@@ -59,9 +70,21 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
 
 
 def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The (data, fsdp, tensor) mesh over `devices` (default: all devices of all processes).
+
+  On TPU the device order follows the physical torus (jax's `create_device_mesh`), so 'tensor',
+  the last and most talkative axis, stays on neighbouring chips; elsewhere it is device order,
+  which keeps each process's devices together along 'data'.
+  """
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(mesh_config, len(devices))
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+  grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  return Mesh(grid, MESH_AXES)
+
+
+def abstract_mesh(mesh_config, num_devices: int) -> AbstractMesh:
+  """A device-less mesh of `num_devices`: enough to compute shard shapes for any topology."""
+  return AbstractMesh(mesh_shape(mesh_config, num_devices), MESH_AXES)
 
 
 def tree_shardings(abstract_tree, mesh: Mesh, rules) -> Any:
@@ -83,3 +106,32 @@ def global_batch(local_batch, mesh: Mesh):
   sharding = batch_sharding(mesh)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def _leaf_bytes(leaf, sharding) -> int:
+  shape = sharding.shard_shape(leaf.shape) if sharding is not None else leaf.shape
+  return math.prod(shape) * np.dtype(leaf.dtype).itemsize
+
+
+def per_device_bytes(abstract_tree, shardings) -> int:
+  """Bytes one device holds of a tree of arrays (or ShapeDtypeStructs) under `shardings`.
+
+  Shardings here are even (every sharded dimension divides), so every device holds the same.
+  """
+  leaves = jax.tree.leaves(abstract_tree)
+  return sum(_leaf_bytes(leaf, s) for leaf, s in zip(leaves, jax.tree.leaves(shardings)))
+
+
+def total_bytes(abstract_tree) -> int:
+  return sum(_leaf_bytes(leaf, None) for leaf in jax.tree.leaves(abstract_tree))
+
+
+def replicated_leaves(abstract_tree, shardings, min_size: int = 1) -> list[str]:
+  """Paths of leaves with at least `min_size` elements that every device holds whole."""
+  found = []
+  flat = jax.tree_util.tree_flatten_with_path(abstract_tree)[0]
+  for (path, leaf), sharding in zip(flat, jax.tree.leaves(shardings)):
+    size = math.prod(leaf.shape)
+    if size >= min_size and sharding.shard_shape(leaf.shape) == tuple(leaf.shape):
+      found.append(jax.tree_util.keystr(path))
+  return found

@@ -1,0 +1,72 @@
+"""itit.compile_check: exact per-device bytes on abstract meshes, and the compiled report."""
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import pytest
+
+from configs import base
+from configs import t5_xxl
+from configs import vit_b
+from itit import compile_check
+from itit import partitioning
+
+
+def test_parse_mesh():
+  assert compile_check.parse_mesh('1,64,1') == dict(data=1, fsdp=64, tensor=1)
+  with pytest.raises(ValueError, match='data,fsdp,tensor'):
+    compile_check.parse_mesh('64')
+  with pytest.raises(ValueError, match='integers'):
+    compile_check.parse_mesh('1,x,1')
+
+
+def test_analytic_report_for_vit_b_with_t5():
+  config = base.table2_row(vit_b.get_config(), 14)
+  t5_xxl.use_t5(config, 'flan')
+  mesh = partitioning.abstract_mesh(dict(data=1, fsdp=64, tensor=1), 64)
+  report = compile_check.check(config, mesh, compile_step=False, frozen_dtype=jnp.bfloat16)
+  assert report['losses'] == ['i2t', 'i2t2i', 't2i', 't2i2t']
+  trained = report['params_trained']
+  assert 200e6 < trained < 260e6  # ITIT-B: the paper's 221M plus the T5-feature projection
+  assert report['params_total'] - trained > 4.7e9  # the frozen T5-XXL encoder
+  # configs/t5_xxl.py's rules leave the biases whole (0.3% of ITIT-B, x64 devices = 5%).
+  assert trained * 4 / 64 <= report['param_bytes'] <= trained * 4 / 64 * 1.10
+  frozen = report['params_total'] - trained
+  assert frozen * 2 / 64 <= report['frozen_bytes'] <= frozen * 2 / 64 * 1.05
+  # 512 examples of each stream over 64 devices: 8 rows of int32 tokens and text ids each.
+  assert report['batch_bytes'] == 8 * (256 + 64 + 256 + 64) * 4
+  assert all(path.endswith("bias']") for path in report['unsharded_params'])
+  text = compile_check.format_report(report)
+  assert 'optimizer state' in text and 'H100 80 GB yes' in text
+
+
+def test_batch_must_divide_by_the_data_parallel_size():
+  config = vit_b.get_config()
+  config.batch.paired = 100
+  mesh = partitioning.abstract_mesh(dict(data=1, fsdp=64, tensor=1), 64)
+  with pytest.raises(ValueError, match='batch.paired=100'):
+    compile_check.check(config, mesh, compile_step=False)
+
+
+@pytest.mark.slow
+def test_compiles_row14_for_eight_devices(tmp_path):
+  """The command line, compiling the tiny config's full step for a (2,2,2) mesh (minutes)."""
+  report_path = os.path.join(tmp_path, 'report.json')
+  env = dict(os.environ, XLA_FLAGS='--xla_backend_optimization_level=0', JAX_PLATFORMS='cpu')
+  batch = [f'--config.batch.{s}=8' for s in ('paired', 'unpaired_image', 'unpaired_text')]
+  result = subprocess.run(
+      [sys.executable, '-m', 'itit.compile_check', '--config=configs/tiny.py', '--devices=8',
+       '--mesh=2,2,2', f'--json={report_path}', *batch],
+      env=env, capture_output=True, text=True, timeout=1200,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(report_path) as f:
+    report = json.load(f)
+  assert report['devices'] == 8 and report['losses'] == ['i2t', 'i2t2i', 't2i', 't2i2t']
+  assert report['temp_bytes'] > 0
+  # The donated state is an argument aliased to the output; it holds params and optimizer state.
+  assert report['alias_bytes'] >= report['param_bytes'] + report['opt_state_bytes']
+  assert report['peak_bytes'] >= report['argument_bytes'] + report['temp_bytes']
+  assert 'XLA temporaries' in result.stdout

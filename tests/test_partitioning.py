@@ -1,0 +1,144 @@
+"""Mesh shapes, sharding rules and the layouts they give, on device-less (abstract) meshes.
+
+The multi-device runs (8 faked devices, 2 processes) are in tests/test_multihost.py.
+"""
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from configs import t5_xxl
+from configs import tiny
+from configs import vit_b
+from configs import vit_h
+from itit import distributed
+from itit import optimizer as optimizer_lib
+from itit import partitioning
+from itit import train
+from itit.models import itit as itit_model
+
+
+def _param_layout(config, mesh_sizes):
+  mesh = partitioning.abstract_mesh(dict(zip(partitioning.MESH_AXES, mesh_sizes)),
+                                    int(np.prod(mesh_sizes)))
+  rules = partitioning.logical_rules(config)
+  with nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(lambda r: itit_model.init_params(config.model, r),
+                           jax.random.PRNGKey(0))
+    shardings = partitioning.tree_shardings(boxed, mesh, rules)
+  return nn.unbox(boxed), shardings
+
+
+def _vit_h_t5():
+  config = vit_h.get_config()
+  return t5_xxl.use_t5(config, 'flan')
+
+
+def test_mesh_shape_fills_and_rejects():
+  assert partitioning.mesh_shape(dict(data=-1, fsdp=4, tensor=2), 64) == (8, 4, 2)
+  assert partitioning.mesh_shape(dict(data=2, fsdp=2, tensor=2), 8) == (2, 2, 2)
+  with pytest.raises(ValueError, match='needs 8 devices but 4'):
+    partitioning.mesh_shape(dict(data=2, fsdp=2, tensor=2), 4)
+  with pytest.raises(ValueError, match='do not divide'):
+    partitioning.mesh_shape(dict(data=-1, fsdp=3, tensor=1), 8)
+  with pytest.raises(ValueError, match='at most one axis'):
+    partitioning.mesh_shape(dict(data=-1, fsdp=-1, tensor=1), 8)
+
+
+def test_make_mesh_on_the_local_device():
+  mesh = partitioning.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+  assert dict(mesh.shape) == dict(data=jax.device_count(), fsdp=1, tensor=1)
+
+
+@pytest.mark.parametrize('make_config', [tiny.get_config, vit_b.get_config, vit_h.get_config,
+                                         _vit_h_t5], ids=['tiny', 'vit_b', 'vit_h', 'vit_h_t5'])
+def test_fsdp8_holds_an_eighth_of_the_parameters(make_config):
+  config = make_config()
+  params, shardings = _param_layout(config, (1, 8, 1))
+  if not config.get('sharding_rules'):
+    # The default rules shard every parameter with more than a few elements, biases included
+    # (configs/t5_xxl.py's own rules leave the MLP biases whole: 0.01% of the bytes).
+    assert partitioning.replicated_leaves(params, shardings, min_size=4096) == []
+  total = partitioning.total_bytes(params)
+  assert partitioning.per_device_bytes(params, shardings) <= total / 8 * 1.05
+
+
+def test_kernels_and_vectors_take_the_expected_axes():
+  params, shardings = _param_layout(tiny.get_config(), (1, 2, 2))
+  block = shardings['encoder']['block_0']
+  assert block['attention']['query']['kernel'].spec == P('fsdp', 'tensor', None)
+  assert block['attention']['query']['bias'].spec == P('tensor', 'fsdp')
+  assert block['attention']['out']['kernel'].spec == P('tensor', None, 'fsdp')
+  assert block['mlp']['wi']['kernel'].spec == P('fsdp', 'tensor')
+  assert block['mlp']['wi']['bias'].spec == P(('tensor', 'fsdp'))
+  assert block['mlp']['wo']['kernel'].spec == P('tensor', 'fsdp')
+  assert shardings['encoder_image_embedding'].spec == P('tensor', 'fsdp')
+  assert shardings['text_decoder_logit_bias'].spec == P(('tensor', 'fsdp'))
+  assert params['encoder_image_embedding'].shape == (32, 32)
+
+
+def test_t5_rules_from_config_shard_the_frozen_encoder():
+  config = _vit_h_t5()
+  rules = partitioning.logical_rules(config)
+  assert ('batch', ('data', 'fsdp')) in rules and ('embed', 'fsdp') in rules
+  params, shardings = _param_layout(config, (1, 16, 4))
+  encoder = partitioning.per_device_bytes(params['text_encoder'], shardings['text_encoder'])
+  assert encoder <= partitioning.total_bytes(params['text_encoder']) / 64 * 1.05
+
+
+def test_optimizer_state_follows_the_parameters():
+  config = vit_b.get_config()
+  mesh = partitioning.abstract_mesh(dict(data=1, fsdp=8, tensor=1), 8)
+  tx, _ = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
+  abstract, shardings, frozen = train.state_layout(config, tx, mesh,
+                                                   partitioning.logical_rules(config))
+  assert frozen is None
+  param_specs = {jax.tree_util.keystr(p): (x.shape, s.spec) for (p, x), s in zip(
+      jax.tree_util.tree_flatten_with_path(abstract.params)[0],
+      jax.tree.leaves(shardings.params))}
+  matched = 0
+  for (path, leaf), sharding in zip(jax.tree_util.tree_flatten_with_path(abstract.opt_state)[0],
+                                    jax.tree.leaves(shardings.opt_state)):
+    keys = jax.tree_util.keystr(path)
+    owners = [p for p in param_specs if keys.endswith(p) and param_specs[p][0] == leaf.shape]
+    if owners:
+      matched += 1
+      assert sharding.spec == param_specs[owners[0]][1], keys
+  assert matched >= len(param_specs)  # Adafactor's momentum has one per parameter
+  opt_total = partitioning.total_bytes(abstract.opt_state)
+  assert partitioning.per_device_bytes(abstract.opt_state, shardings.opt_state) <= (
+      opt_total / 8 * 1.05)
+
+
+def test_global_batch_keeps_values():
+  mesh = partitioning.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+  local = {'paired': {'text_ids': np.arange(12, dtype=np.int32).reshape(4, 3)}}
+  batch = partitioning.global_batch(local, mesh)
+  np.testing.assert_array_equal(np.asarray(batch['paired']['text_ids']), local['paired']['text_ids'])
+  assert batch['paired']['text_ids'].sharding.spec == P(('data', 'fsdp'))
+
+
+def test_launch_settings():
+  settings = distributed.launch_settings
+  assert settings({}) is None
+  assert settings({}, '10.0.0.1:1234', 4, 2) == dict(
+      coordinator_address='10.0.0.1:1234', num_processes=4, process_id=2)
+  assert settings({}, 'h:1', 1, 0) is None
+  assert settings(dict(JAX_COORDINATOR_ADDRESS='h:1', JAX_NUM_PROCESSES='2',
+                       JAX_PROCESS_ID='1')) == dict(coordinator_address='h:1', num_processes=2,
+                                                   process_id=1)
+  assert settings(dict(SLURM_NTASKS='8', SLURM_PROCID='3')) == {}
+  assert settings(dict(SLURM_NTASKS='1', SLURM_PROCID='0')) is None
+  assert settings(dict(SLURM_NTASKS='4', SLURM_PROCID='1', SLURM_NTASKS_PER_NODE='1',
+                       SLURM_GPUS_ON_NODE='8')) == dict(local_device_ids=list(range(8)))
+  assert settings(dict(OMPI_COMM_WORLD_SIZE='4')) == {}
+  assert settings(dict(TPU_WORKER_HOSTNAMES='t1,t2,t3,t4')) == {}
+  assert settings(dict(TPU_WORKER_HOSTNAMES='localhost')) is None
+  with pytest.raises(ValueError, match='process_id missing'):
+    settings({}, 'h:1', 2)
+  with pytest.raises(ValueError, match='outside 0..1'):
+    settings({}, 'h:1', 2, 2)
+  with pytest.raises(ValueError, match='JAX_NUM_PROCESSES'):
+    settings(dict(JAX_COORDINATOR_ADDRESS='h:1', JAX_NUM_PROCESSES='two', JAX_PROCESS_ID='0'))
+  assert distributed.initialize(env={}) is False
