@@ -13,6 +13,8 @@ The loader checks these fields against the directory's config.json; for any othe
 """
 import ml_collections
 
+from itit import partitioning
+
 VARIANTS = ('v1_1', 'flan')
 
 
@@ -45,18 +47,9 @@ def sharding_rules():
   vocabulary (32128) over tensor, which every power-of-two mesh up to 64 divides. Activations
   keep 'embed' whole because 'batch' takes fsdp first.
   """
-  return [
-      ['batch', ['data', 'fsdp']],
-      ['embed', 'fsdp'],
-      ['mlp', 'tensor'],
-      ['heads', 'tensor'],
-      ['vocab', 'tensor'],
-      ['image_vocab', 'tensor'],
-      ['kv', None],
-      ['relpos_buckets', None],
-      ['length', None],
-      ['layers', None],
-  ]
+  # The project's defaults (which also shard biases), plus the T5 relative-bias table.
+  return [[name, list(axes) if isinstance(axes, tuple) else axes]
+          for name, axes in partitioning.DEFAULT_RULES] + [['relpos_buckets', None]]
 
 
 def use_t5(config, variant='flan', path=''):
