@@ -41,6 +41,11 @@ def get_config(arg=None):
   for preset in presets:
     if preset != 'quick':
       base.apply_preset(config, preset, 'configs/shapes.py')
+  cycles = (config.loss.unpaired_text_loss.startswith('t2i2t')
+            or config.loss.unpaired_image_loss.startswith('i2t2i'))
+  if cycles and 'quick' not in presets:
+    # Cycle runs also show their pseudo pairs (TensorBoard and images/*.png) at each evaluation.
+    config.eval.evaluators = 'shapes,cycle'
   return config
 
 

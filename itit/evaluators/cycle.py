@@ -95,6 +95,13 @@ class CycleEval(common.Evaluator):
 
     shown = min(8, len(self.texts))
     captions = decode(caption_ids[:shown])
-    self.images = {'cycle_i2t2i': visualize.chain_figure(
-        [[(self._source_images[i], captions[i]), (round_images[i], '')] for i in range(shown)])}
+    self.images = {
+        # Pseudo pairs as the cycle losses make them: images synthesized from texts, and
+        # captions synthesized from images (then the image made back from that caption).
+        'cycle_t2i_pseudo_images': visualize.captioned_grid(detokenize(pseudo_tokens[:shown]),
+                                                            self.texts[:shown]),
+        'cycle_i2t2i': visualize.chain_figure(
+            [[(self._source_images[i], captions[i]), (round_images[i], '')]
+             for i in range(shown)]),
+    }
     return results
