@@ -19,14 +19,13 @@ figure is the worst case.
 import argparse
 import functools
 import os
-import statistics
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmark import time_calls  # scripts/benchmark.py, beside this script
 from configs import shapes
 from itit import cycle_losses
 from itit import optimizer as optimizer_lib
@@ -65,19 +64,6 @@ def make_config(name):
   return config
 
 
-def time_calls(fn, steps):
-  """(first call incl. compile, median of `steps` later calls), seconds."""
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
-
-
 def bench(name, steps, params, data_rng):
   config = make_config(name)
   model = itit_model.ITIT(config.model)
@@ -87,12 +73,12 @@ def bench(name, steps, params, data_rng):
     fn = jax.jit(functools.partial(cycle_losses.synthesize_pseudo_images, model=model,
                                    config=config))
     texts = random_batch(config, data_rng, config.batch.unpaired_text)['text_ids']
-    return time_calls(lambda: fn(params, texts, key), steps), config.batch.unpaired_text
+    return _time_calls(lambda: fn(params, texts, key), steps), config.batch.unpaired_text
   if kind == 'captions':
     fn = jax.jit(functools.partial(cycle_losses.synthesize_pseudo_captions, model=model,
                                    config=config))
     images = random_batch(config, data_rng, config.batch.unpaired_image)['image_tokens']
-    return time_calls(lambda: fn(params, images), steps), config.batch.unpaired_image
+    return _time_calls(lambda: fn(params, images), steps), config.batch.unpaired_image
   loss_fns = train.make_loss_fns(config, model)
   streams = sorted({stream for stream, _ in loss_fns.values()})
   batch = {s: random_batch(config, data_rng, config.batch[s]) for s in streams}
@@ -109,7 +95,7 @@ def bench(name, steps, params, data_rng):
     holder[0], metrics = step_fn(holder[0], batch)
     return metrics['loss']
 
-  return time_calls(one_step, steps), sum(config.batch[s] for s in streams)
+  return _time_calls(one_step, steps), sum(config.batch[s] for s in streams)
 
 
 def main():
@@ -142,3 +128,9 @@ def main():
 
 if __name__ == '__main__':
   main()
+
+
+def _time_calls(fn, steps):
+  """(first call incl. compile, median of `steps` later calls), seconds."""
+  timing = time_calls(fn, steps)
+  return timing['first_s'], timing['median_s']

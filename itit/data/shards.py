@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from array_record.python.array_record_module import ArrayRecordReader
 from array_record.python.array_record_module import ArrayRecordWriter
+import flax.traverse_util
 import numpy as np
 import tqdm
 
@@ -75,13 +76,9 @@ def read_manifest(shard_dir: str | os.PathLike) -> dict:
   return manifest
 
 
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  flat = {}
-  for key, value in tree.items():
-    flat.update(_flatten(value, f'{prefix}.{key}' if prefix else str(key)))
-  return flat
+def _flatten(tree: dict) -> dict[str, Any]:
+  """Nested dict -> {'a.b.c': leaf}."""
+  return flax.traverse_util.flatten_dict(tree, sep='.')
 
 
 def _short(value: Any) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import flax.serialization
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -258,14 +259,9 @@ def detokenizer_fn(params: dict, config: ml_collections.ConfigDict,
   return _batched_fn('decode', params, config, batch_size)
 
 
-def _flatten(tree: Any, prefix: str = '') -> dict:
+def _flatten(tree: dict) -> dict:
   """Nested dict -> {'a/b/c': leaf}."""
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  flat = {}
-  for key, value in tree.items():
-    flat.update(_flatten(value, f'{prefix}/{key}' if prefix else str(key)))
-  return flat
+  return flax.traverse_util.flatten_dict(tree, sep='/')
 
 
 def validate_params(params: dict, config: ml_collections.ConfigDict, source: str) -> dict:
