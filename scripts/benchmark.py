@@ -155,8 +155,11 @@ def make_step(config, params, rng):
 
 
 def bench_step(config, args, results, rng):
+  """Step time of each table-2 row in --rows; the row-14 / row-3 ratio once both are in
+  `results` (under the same --tag), so separate processes can time one row each."""
   params = init_params(config.model)
-  for row in (3, 14):
+  rows = [int(r) for r in args.rows.split(',')]
+  for row in rows:
     row_cfg = row_config(config, row, args.batch)
     one_step, names, examples = make_step(row_cfg, params, rng)
     timing = time_calls(one_step, args.steps)
@@ -164,11 +167,14 @@ def bench_step(config, args, results, rng):
     with_flops(timing, step_flops['total'])
     timing.update(losses=names, examples_per_step=examples,
                   examples_per_s=examples / timing['median_s'],
-                  synthesis_flops_fraction=step_flops['synthesis'] / step_flops['total'])
-    results[f'step_row{row}'] = timing
-    report(f'step_row{row}', timing)
+                  synthesis_flops_fraction=step_flops['synthesis'] / step_flops['total'],
+                  synthesis_steps=row_cfg.cycle.synthesis_steps,
+                  guidance_scale=row_cfg.cycle.guidance_scale)
+    key = f'step_row{row}{args.tag}'
+    results[key] = timing
+    report(key, timing)
     save(args, results)
-    if row == 14 and args.trace_dir:
+    if row == rows[-1] and args.trace_dir:
       try:
         with jax.profiler.trace(args.trace_dir):
           for _ in range(2):
@@ -177,10 +183,11 @@ def bench_step(config, args, results, rng):
       except Exception as e:  # pylint: disable=broad-except
         results.setdefault('notes', []).append(f'profiler trace failed: {e!r:.300}')
     del one_step
-  results['itit_over_baseline'] = (results['step_row14']['median_s']
-                                   / results['step_row3']['median_s'])
-  print(f'ITIT (row 14) / baseline (row 3) step time: {results["itit_over_baseline"]:.2f}x',
-        flush=True)
+  baseline = results.get(f'step_row3{args.tag}', results.get('step_row3'))
+  if baseline and f'step_row14{args.tag}' in results:
+    ratio = results[f'step_row14{args.tag}']['median_s'] / baseline['median_s']
+    results[f'itit_over_baseline{args.tag}'] = ratio
+    print(f'ITIT (row 14{args.tag}) / baseline (row 3) step time: {ratio:.2f}x', flush=True)
 
 
 # -- (b) T2I sampling --------------------------------------------------------------------------
@@ -340,9 +347,9 @@ def print_table(results):
                                                           'captions_per_s') if n in r), '')
     mfu = f'{100 * r["mfu"]:.1f}%' if 'mfu' in r else 'n/a'
     print(f'| {k} | {r["median_s"] * 1e3:.1f} | {rate} | {r["tflops_per_device"]:.3g} | {mfu} |')
-  for k in ('itit_over_baseline', 'caption_cache_speedup', 'caption_cache_agreement'):
-    if k in results:
-      print(f'{k}: {results[k]:.2f}')
+  for k, value in results.items():
+    if k.startswith(('itit_over_baseline', 'caption_cache_')):
+      print(f'{k}: {value:.2f}')
   if 'input' in results:
     print(f'input: {json.dumps(results["input"])}')
   if results.get('errors'):
@@ -358,7 +365,11 @@ def main():
   parser.add_argument('--t2i_steps', type=int, default=24)
   parser.add_argument('--input_records', type=int, default=20000)
   parser.add_argument('--parts', default=','.join(PARTS))
-  parser.add_argument('--trace_dir', default='', help='jax.profiler trace of 2 row-14 steps')
+  parser.add_argument('--rows', default='3,14', help='table-2 rows the step part times')
+  parser.add_argument('--tag', default='',
+                      help="suffix of the step part's result keys, e.g. '_unguided8'")
+  parser.add_argument('--trace_dir', default='',
+                      help="jax.profiler trace of 2 steps of the step part's last row")
   parser.add_argument('--out', default='results.json')
   args, rest = parser.parse_known_args()
   overrides = []

@@ -36,7 +36,7 @@ elapsed "setup done"
 
 # Which jax.nn.dot_product_attention implementation works for each use: training and T2I need
 # masks, a T5-style bias and gradients; cached captioning needs one query over a long cache.
-# IMPL=xla|cudnn skips the probe; PARTS (default "step t2i caption input") picks the parts.
+# IMPL=xla|cudnn skips the probe; PARTS (default below) picks the parts.
 if [ -n "${IMPL:-}" ]; then
   IMPL_TRAIN=$IMPL; IMPL_CAPTION=$IMPL
 else
@@ -66,20 +66,34 @@ elapsed "attention: train/t2i=$IMPL_TRAIN caption=$IMPL_CAPTION"
 
 COMMON=(--config="$CONFIG" --config.model.dtype=bfloat16 --batch="$BATCH"
         --sample_batch="$SAMPLE_BATCH" --steps=5 --out="$RESULTS")
-part() {  # part SECONDS NAME IMPL [extra args]
-  local seconds=$1 name=$2 impl=$3; shift 3
-  elapsed "part $name (attention $impl, timeout ${seconds}s)"
-  timeout --signal=KILL "$seconds" python3 scripts/benchmark.py "${COMMON[@]}" --parts="$name" \
+# The train steps scan over layers (SCAN=false unrolls them): one compiled block per stack
+# keeps the row-14 step's compile (three stacks, two decoding loops, forward and backward) short.
+# REMAT=full|dots recomputes activations in the backward pass (for batches that do not fit).
+STEP_ARGS=(--parts=step --config.model.scan_layers="${SCAN:-true}")
+if [ -n "${REMAT:-}" ]; then STEP_ARGS+=(--config.model.remat="$REMAT"); fi
+part() {  # part SECONDS LABEL IMPL [benchmark.py args]
+  local seconds=$1 label=$2 impl=$3; shift 3
+  elapsed "part $label (attention $impl, timeout ${seconds}s)"
+  timeout --signal=KILL "$seconds" python3 scripts/benchmark.py "${COMMON[@]}" \
     --config.model.attention_impl="$impl" "$@" \
-    || echo "[gpu_check] part $name exited with $? (124/137 = timed out)"
+    || echo "[gpu_check] part $label exited with $? (124/137 = timed out)"
 }
-PARTS=${PARTS:-step t2i caption input}
+# step3: the paired-only baseline (table 2 row 3, 3 x BATCH paired); step14: full ITIT at the
+# paper's synthesis (24 guided steps); step14_unguided8: 8 unguided synthesis steps. Each row
+# in its own process, so a timeout in one keeps the others' figures.
+PARTS=${PARTS:-step3 step14 step14_unguided8 t2i caption input}
 for name in $PARTS; do
   case $name in
-    step) part "${STEP_TIMEOUT:-220}" step "$IMPL_TRAIN" --trace_dir="$OUT/trace" ;;
-    t2i) part "${T2I_TIMEOUT:-75}" t2i "$IMPL_TRAIN" ;;
-    caption) part "${CAPTION_TIMEOUT:-80}" caption "$IMPL_CAPTION" ;;
-    input) part 35 input "$IMPL_TRAIN" --input_records=50000 --batch=256 ;;
+    step3) part "${STEP_TIMEOUT:-220}" step3 "$IMPL_TRAIN" "${STEP_ARGS[@]}" --rows=3 \
+             --trace_dir="$OUT/trace" ;;
+    step14) part "${STEP_TIMEOUT:-220}" step14 "$IMPL_TRAIN" "${STEP_ARGS[@]}" --rows=14 ;;
+    step14_unguided8) part "${STEP_TIMEOUT:-220}" step14_unguided8 "$IMPL_TRAIN" \
+             "${STEP_ARGS[@]}" --rows=14 --tag=_unguided8 --config.cycle.synthesis_steps=8 \
+             --config.cycle.guidance_scale=0 ;;
+    t2i) part "${T2I_TIMEOUT:-75}" t2i "$IMPL_TRAIN" --parts=t2i ;;
+    caption) part "${CAPTION_TIMEOUT:-80}" caption "$IMPL_CAPTION" --parts=caption ;;
+    input) part 35 input "$IMPL_TRAIN" --parts=input --input_records=50000 --batch=256 ;;
+    *) echo "[gpu_check] unknown part $name (step3 step14 step14_unguided8 t2i caption input)" ;;
   esac
 done
 

@@ -150,6 +150,10 @@ class Attention(nn.Module):
     implementation = self.implementation
     if bias is not None and implementation == 'cudnn':
       implementation = 'xla'
+    if mask is not None and implementation == 'cudnn':
+      # cuDNN turns the mask into a bias that must span both sequence lengths; a padding mask
+      # [batch, 1, 1, k] is broadcast over the queries.
+      mask = jnp.broadcast_to(mask, (*mask.shape[:2], query.shape[1], key.shape[1]))
     out = jax.nn.dot_product_attention(
         query, key, value, bias=None if bias is None else bias.astype(query.dtype), mask=mask,
         scale=self.scale, implementation=implementation)
