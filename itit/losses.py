@@ -139,20 +139,27 @@ def t2i_loss(params, batch, rng, *, model, config, deterministic=False):
   return loss, {'t2i_loss': loss, 't2i_masked_token_accuracy': accuracy}
 
 
-def i2t_full_image_metrics(params, batch, *, model):
-  """Teacher-forced captioning of the WHOLE image (inference's condition: nothing masked).
-
-  Returns {'i2t_full_image_token_accuracy', 'i2t_full_image_sequence_accuracy'}: the fraction
-  of target tokens (EOS included) predicted right, and of captions predicted right entirely.
-  """
-  image_tokens, text_ids = batch['image_tokens'], batch['text_ids']
+def teacher_forced_ids(params, image_tokens, text_ids, *, model):
+  """Teacher-forced captioning of the WHOLE image (inference's condition: nothing masked):
+  the decoder's argmax at every position given the true prefix, [B, L] int32."""
   nothing_masked = jnp.zeros(image_tokens.shape, bool)
   encoded = model.apply({'params': params}, image_tokens, nothing_masked, deterministic=True,
                         num_dropped=0, method=ITIT.encode)
   logits = model.apply({'params': params}, encoded, decoder_input(text_ids), deterministic=True,
                        method=ITIT.decode_text)
+  return jnp.argmax(logits, -1).astype(jnp.int32)
+
+
+def i2t_full_image_metrics(params, batch, *, model):
+  """Teacher-forced captioning of the whole image (`teacher_forced_ids`).
+
+  Returns {'i2t_full_image_token_accuracy', 'i2t_full_image_sequence_accuracy'}: the fraction
+  of target tokens (EOS included) predicted right, and of captions predicted right entirely.
+  """
+  text_ids = batch['text_ids']
+  predicted = teacher_forced_ids(params, batch['image_tokens'], text_ids, model=model)
   weights = text_ids != PAD_ID
-  correct = (jnp.argmax(logits, -1) == text_ids) | ~weights
+  correct = (predicted == text_ids) | ~weights
   return {
       'i2t_full_image_token_accuracy':
           jnp.sum(correct & weights) / jnp.maximum(jnp.sum(weights), 1),

@@ -4,6 +4,13 @@
 - T2I: generate images from the test captions (parallel decoding), decode them with the VQGAN,
   parse them with `parse_image`.
 - The ceiling: the VQGAN reconstructions of the test images' own tokens, parsed the same way.
+- Teacher-forced captioning of the whole image, token by token against every caption of the
+  scene (`teacher_forced_scores`): a scene has up to 256 captions (templates, paraphrases,
+  object order), so after a given prefix several next tokens are right and the plain token
+  accuracy cannot reach 1. `i2t_tf_valid_accuracy` counts a prediction right when some caption
+  of the scene continues the prefix with it (1.0 is reachable); `i2t_tf_token_accuracy` is the
+  plain accuracy against the sampled caption and `i2t_tf_bayes_ceiling` the best plain accuracy
+  any captioner can expect on these captions (always predicting the most frequent continuation).
 Ground truth is the scene its caption describes (captions fully specify shapes-world scenes).
 
 Used through the `shapes` evaluator (itit/evaluators/shapes.py): during training (every
@@ -11,10 +18,14 @@ Used through the `shapes` evaluator (itit/evaluators/shapes.py): during training
 """
 from __future__ import annotations
 
+import collections
+import functools
+
 import jax
 import numpy as np
 
 from itit import generate
+from itit import losses
 from itit import visualize
 from itit.data import shapes
 from itit.data import shards
@@ -36,6 +47,37 @@ def stream_tokenizers(shard_dir: str) -> tuple[TextTokenizer, tuple[dict, object
   shards.check_manifest(manifest, {'text_tokenizer': text_tokenizer.identity,
                                    'image_tokenizer': {'sha256': vq_config.sha256}}, shard_dir)
   return text_tokenizer, (params, vq_config)
+
+
+def scene_continuations(scene: shapes.Scene, tokenizer: TextTokenizer,
+                        max_len: int) -> dict[tuple[int, ...], collections.Counter]:
+  """Prefix (token ids) -> Counter of the next token over all captions of `scene` (EOS too)."""
+  continuations = collections.defaultdict(collections.Counter)
+  for ids in tokenizer.encode(shapes.all_captions(scene), max_len):
+    length = int(np.sum(ids != 0))
+    for position in range(length):
+      continuations[tuple(ids[:position])][int(ids[position])] += 1
+  return continuations
+
+
+def teacher_forced_scores(predicted: np.ndarray, text_ids: np.ndarray,
+                          continuations: list[dict]) -> dict[str, float]:
+  """predicted, text_ids [B, L]; continuations[b] from `scene_continuations` for example b.
+
+  -> {'tf_token_accuracy', 'tf_valid_accuracy', 'tf_bayes_ceiling'}, over every non-pad target.
+  """
+  right = valid = ceiling = count = 0
+  for row_predicted, row_target, table in zip(predicted, text_ids, continuations):
+    for position in range(int(np.sum(row_target != 0))):
+      counts = table.get(tuple(row_target[:position]))
+      count += 1
+      right += int(row_predicted[position] == row_target[position])
+      if counts:  # a caption outside the world's own (a truncated one) has no table entry
+        valid += int(int(row_predicted[position]) in counts)
+        ceiling += max(counts.values()) / sum(counts.values())
+  count = max(count, 1)
+  return {'tf_token_accuracy': right / count, 'tf_valid_accuracy': valid / count,
+          'tf_bayes_ceiling': ceiling / count}
 
 
 class ShapesEvaluator:
@@ -69,6 +111,11 @@ class ShapesEvaluator:
     self._caption = captioner or generate.jit_captioner(model, beam_size=beam_size)
     self._sample = image_sampler or generate.jit_image_sampler(model, **(image_kwargs or {}))
     self._ceiling = None
+    self._teacher_forced = jax.jit(functools.partial(losses.teacher_forced_ids, model=model))
+    max_len = self.text_ids.shape[1]
+    cached = functools.lru_cache(maxsize=None)(
+        lambda scene: scene_continuations(scene, self.text_tokenizer, max_len))
+    self.continuations = [cached(scene) for scene in self.scenes]
 
   def _batches(self, array):
     for start in range(0, len(array), self.batch_size):
@@ -82,6 +129,11 @@ class ShapesEvaluator:
     tokens = [np.asarray(self._sample(params, b, jax.random.fold_in(rng, i)))
               for i, b in enumerate(self._batches(self.text_ids))]
     return self.detokenize(np.concatenate(tokens))
+
+  def teacher_forced(self, params) -> dict[str, float]:
+    predicted = [np.asarray(self._teacher_forced(params, images, texts)) for images, texts in
+                 zip(self._batches(self.image_tokens), self._batches(self.text_ids))]
+    return teacher_forced_scores(np.concatenate(predicted), self.text_ids, self.continuations)
 
   def run(self, params, rng) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     captions = self.captions(params)
@@ -97,6 +149,8 @@ class ShapesEvaluator:
       results[f'{self.prefix}/i2t_{name}'] = value
     for name, value in image_scores.items():
       results[f'{self.prefix}/t2i_{name}'] = value
+    for name, value in self.teacher_forced(params).items():
+      results[f'{self.prefix}/i2t_{name}'] = value
     results[f'{self.prefix}/vqgan_ceiling_exact'] = self._ceiling['exact']
     shown = min(16, len(captions))
     reconstructions = self.detokenize(self.image_tokens[:shown])

@@ -1,0 +1,60 @@
+"""Teacher-forced captioning scores against every caption of a scene (itit.shapes_eval)."""
+import collections
+
+import numpy as np
+import pytest
+
+from itit import shapes_eval
+from itit.data import shapes
+from itit.data.text_tokenizer import TextTokenizer
+
+
+@pytest.fixture(scope='module')
+def tokenizer(tmp_path_factory):
+  path = tmp_path_factory.mktemp('sp') / 'sp.model'
+  return TextTokenizer.train(shapes.caption_corpus(num_scenes=300), path, vocab_size=128)
+
+
+def _scene():
+  return shapes.Scene((shapes.Obj('red', 'circle', 'small', 'top left'),))
+
+
+def test_continuations_count_every_caption_of_the_scene(tokenizer):
+  scene = _scene()
+  captions = shapes.all_captions(scene)
+  table = shapes_eval.scene_continuations(scene, tokenizer, 32)
+  # The empty prefix is followed by each caption's first token once per caption.
+  assert sum(table[()].values()) == len(captions)
+  first_tokens = collections.Counter(int(ids[0]) for ids in tokenizer.encode(captions, 32))
+  assert table[()] == first_tokens
+  # Every full caption ends with EOS (id 1) after its last token.
+  for ids in tokenizer.encode(captions, 32):
+    length = int(np.sum(ids != 0))
+    assert table[tuple(ids[:length - 1])][1] >= 1
+
+
+def test_scores_against_hand_computed_values(tokenizer):
+  scene = _scene()
+  table = shapes_eval.scene_continuations(scene, tokenizer, 32)
+  target = tokenizer.encode([shapes.all_captions(scene)[0]], 32)
+  length = int(np.sum(target != 0))
+  # Exactly the target: plain and valid accuracy 1.
+  scores = shapes_eval.teacher_forced_scores(target, target, [table])
+  assert scores['tf_token_accuracy'] == 1.0 and scores['tf_valid_accuracy'] == 1.0
+  # The ceiling: the mean over positions of (most frequent continuation / all continuations).
+  expected = np.mean([max(table[tuple(target[0, :p])].values())
+                      / sum(table[tuple(target[0, :p])].values()) for p in range(length)])
+  assert scores['tf_bayes_ceiling'] == pytest.approx(expected)
+  assert 0 < expected < 1  # templates and paraphrases make some positions ambiguous
+  # Replace the first token by another caption's valid first token: plain accuracy drops by one
+  # position, valid accuracy stays 1. Then by a token no caption starts with: both drop.
+  other_first = next(t for t in table[()] if t != target[0, 0])
+  predicted = target.copy()
+  predicted[0, 0] = other_first
+  scores = shapes_eval.teacher_forced_scores(predicted, target, [table])
+  assert scores['tf_token_accuracy'] == pytest.approx((length - 1) / length)
+  assert scores['tf_valid_accuracy'] == 1.0
+  invalid = next(t for t in range(2, tokenizer.vocab_size) if t not in table[()])
+  predicted[0, 0] = invalid
+  scores = shapes_eval.teacher_forced_scores(predicted, target, [table])
+  assert scores['tf_valid_accuracy'] == pytest.approx((length - 1) / length)
