@@ -65,12 +65,14 @@ def get_config(arg=None):
   # times since the last restart are re-seeded with encoder outputs of the current batch. They
   # stop after restart_until * total_steps so the decoder learns the last re-seeded codes.
   # ema_decay = 0: MaskGIT's codebook loss learns the codebook; > 0: EMA k-means updates
-  # (faster on a small budget; see itit/vqgan_losses.py).
+  # (faster on a small budget; see itit/vqgan_losses.py). restart_sampling: which encoder
+  # outputs seed dead codes, 'uniform' or 'error' (k-means++-like, away from well-coded patches).
   config.codebook = ml_collections.ConfigDict(dict(
       ema_decay=0.0,
       restart_every=1000,
       restart_min_count=1,
       restart_until=0.8,
+      restart_sampling='uniform',
   ))
   config.log_every = 100
   config.image_every = 5000

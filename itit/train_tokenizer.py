@@ -178,7 +178,8 @@ def make_train_step(config, feature_net=None):
     restart = ((step + 1) % code_cfg.restart_every == 0) & (step < restart_until)
     restarted, num_dead = vqgan_losses.restart_dead_codes(
         codebook, code_counts, features,
-        jax.random.fold_in(jax.random.PRNGKey(config.seed), step), code_cfg.restart_min_count)
+        jax.random.fold_in(jax.random.PRNGKey(config.seed), step), code_cfg.restart_min_count,
+        code_cfg.get('restart_sampling', 'uniform'))
     new_state['params'] = dict(params, quantizer=dict(
         codebook=jnp.where(restart, restarted, codebook)))
     if code_cfg.ema_decay:  # a re-seeded code starts its average afresh, from its new value

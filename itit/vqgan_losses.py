@@ -25,8 +25,8 @@ def reconstruction_loss(images, reconstructions, l1_weight, l2_weight):
   return l1_weight * jnp.mean(jnp.abs(diff)) + l2_weight * jnp.mean(diff**2)
 
 
-def restart_dead_codes(codebook, code_counts, features, rng, min_count):
-  """Re-seeds codes used fewer than `min_count` times with random encoder outputs.
+def restart_dead_codes(codebook, code_counts, features, rng, min_count, sampling='uniform'):
+  """Re-seeds codes used fewer than `min_count` times with encoder outputs.
 
   Args:
     codebook: [K, D] code vectors.
@@ -34,12 +34,27 @@ def restart_dead_codes(codebook, code_counts, features, rng, min_count):
     features: [..., D] encoder outputs of the current batch.
     rng: PRNG key choosing which encoder outputs seed the dead codes.
     min_count: codes picked fewer times than this are dead.
+    sampling: 'uniform' (every encoder output equally likely) or 'error' (probability
+      proportional to the output's squared distance to its nearest code, as in k-means++).
+      'error' matters for images dominated by one patch, such as the shapes world's plain
+      background: uniform seeds land mostly on that patch, and the re-seeded codes split it into
+      many codes that differ only by context, so the tokens of a blank area look random.
 
   Returns:
     (codebook [K, D] with dead rows replaced, number of codes replaced).
   """
   flat = features.reshape(-1, features.shape[-1])
-  picks = jax.random.randint(rng, (codebook.shape[0],), 0, flat.shape[0])
+  if sampling == 'uniform':
+    picks = jax.random.randint(rng, (codebook.shape[0],), 0, flat.shape[0])
+  elif sampling == 'error':
+    distances = (jnp.sum(flat**2, -1, keepdims=True) - 2 * flat @ codebook.T
+                 + jnp.sum(codebook**2, -1)[None])
+    error = jnp.maximum(jnp.min(distances, axis=-1), 0.0)
+    # All outputs already on a code: fall back to uniform.
+    logits = jnp.where(jnp.sum(error) > 0, jnp.log(error + 1e-30), 0.0)
+    picks = jax.random.categorical(rng, logits, shape=(codebook.shape[0],))
+  else:
+    raise ValueError(f"codebook.restart_sampling must be 'uniform' or 'error', got {sampling!r}")
   dead = code_counts < min_count
   new_codebook = jnp.where(dead[:, None], flat[picks], codebook)
   return new_codebook, jnp.sum(dead)

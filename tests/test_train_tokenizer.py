@@ -146,3 +146,26 @@ def test_folder_source_errors_name_the_field(tmp_path):
   with pytest.raises(ValueError, match='unknown preset'):
     vqgan_shapes.get_config('fast')
   assert vqgan_shapes.get_config('quick').total_steps < vqgan_shapes.get_config().total_steps
+
+
+def test_error_weighted_restarts_seed_only_from_badly_coded_outputs():
+  codebook = jnp.array([[0.0, 0.0], [50.0, 50.0], [60.0, 60.0]])
+  # 90 outputs exactly on code 0 (zero error), 10 far from every code.
+  on_code = jnp.zeros((90, 2))
+  far = jnp.stack([jnp.arange(10.0) * 3 - 200, jnp.full(10, 7.0)], -1)
+  features = jnp.concatenate([on_code, far])
+  counts = jnp.array([90.0, 0.0, 0.0])
+  for seed in range(5):
+    new, num_dead = vqgan_losses.restart_dead_codes(
+        codebook, counts, features, jax.random.PRNGKey(seed), min_count=1, sampling='error')
+    assert int(num_dead) == 2
+    np.testing.assert_array_equal(new[0], codebook[0])
+    far_rows = {tuple(r) for r in np.asarray(far)}
+    assert tuple(np.asarray(new[1])) in far_rows and tuple(np.asarray(new[2])) in far_rows
+  # Uniform sampling lands on the zero-error outputs most of the time.
+  hits = sum(tuple(np.asarray(vqgan_losses.restart_dead_codes(
+      codebook, counts, features, jax.random.PRNGKey(seed), 1)[0][1])) == (0.0, 0.0)
+             for seed in range(20))
+  assert hits >= 10
+  with pytest.raises(ValueError, match='restart_sampling'):
+    vqgan_losses.restart_dead_codes(codebook, counts, features, jax.random.PRNGKey(0), 1, 'x')
