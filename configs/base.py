@@ -63,6 +63,9 @@ def get_config(arg=None):
       unpaired_image='unpaired_image',
       unpaired_text='unpaired_text',
       test='test',
+      # Per-stream record limits: train on the FIRST n records of the stream's shards (0 = all).
+      # The study (scripts/study.py) grows the unpaired data, or the pairs, with these.
+      max_records=ml_collections.ConfigDict(dict(paired=0, unpaired_image=0, unpaired_text=0)),
   ))
   # Per-loss batch sizes (table 3): paired examples feed T2I and I2T/I2I.
   config.batch = ml_collections.ConfigDict(dict(

@@ -11,6 +11,8 @@
   of the scene continues the prefix with it (1.0 is reachable); `i2t_tf_token_accuracy` is the
   plain accuracy against the sampled caption and `i2t_tf_bayes_ceiling` the best plain accuracy
   any captioner can expect on these captions (always predicting the most frequent continuation).
+- `i2t_cider`: CIDEr-D of the generated captions against `reference_captions` of each scene
+  (5 of its captions, as COCO has 5 per image), with the Python PTB tokenizer (no Java).
 Ground truth is the scene its caption describes (captions fully specify shapes-world scenes).
 
 Used through the `shapes` evaluator (itit/evaluators/shapes.py): during training (every
@@ -30,6 +32,7 @@ from itit import visualize
 from itit.data import shapes
 from itit.data import shards
 from itit.data.text_tokenizer import TextTokenizer
+from itit.metrics import cider
 from itit.models import vqgan
 
 
@@ -78,6 +81,22 @@ def teacher_forced_scores(predicted: np.ndarray, text_ids: np.ndarray,
   count = max(count, 1)
   return {'tf_token_accuracy': right / count, 'tf_valid_accuracy': valid / count,
           'tf_bayes_ceiling': ceiling / count}
+
+
+def reference_captions(scene: shapes.Scene, count: int = 5) -> list[str]:
+  """`count` of the scene's captions, evenly spaced over `all_captions` (its templates and
+  paraphrases), so the same scene always gets the same references."""
+  captions = shapes.all_captions(scene)
+  positions = np.linspace(0, len(captions) - 1, min(count, len(captions)))
+  return [captions[i] for i in sorted(set(np.round(positions).astype(int).tolist()))]
+
+
+def caption_cider(captions, scenes, num_references: int = 5) -> float:
+  """Corpus CIDEr-D of `captions[i]` against `reference_captions(scenes[i])`."""
+  references = {i: reference_captions(scene, num_references) for i, scene in enumerate(scenes)}
+  predictions = {i: caption for i, caption in enumerate(captions)}
+  return cider.caption_metrics(predictions, references, metrics=('CIDEr',),
+                               use_java=False)['CIDEr']
 
 
 class ShapesEvaluator:
@@ -147,6 +166,7 @@ class ShapesEvaluator:
       self._ceiling = shapes.scene_metrics(shapes.parse_images(reconstructions), self.scenes)
     for name, value in caption_scores.items():
       results[f'{self.prefix}/i2t_{name}'] = value
+    results[f'{self.prefix}/i2t_cider'] = caption_cider(captions, self.scenes)
     for name, value in image_scores.items():
       results[f'{self.prefix}/t2i_{name}'] = value
     for name, value in self.teacher_forced(params).items():

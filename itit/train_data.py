@@ -5,6 +5,8 @@ Streams are folders of prepared token shards under `config.data.dir` (python -m 
   unpaired_image  {image_tokens}             the I2T2I cycle (or I2I)
   unpaired_text   {text_ids}                 the T2I2T cycle (or T2T)
 Each process reads only its own shard of every stream; batches are per process.
+`data.max_records.<stream>` > 0 keeps only the first n records of a stream (the study's data
+fractions; itit.prepare writes a stream's records in a fixed order).
 """
 from __future__ import annotations
 
@@ -26,6 +28,49 @@ def _as_model_inputs(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {k: np.asarray(v, np.int32) for k, v in batch.items()}
 
 
+class FirstRecords:
+  """The first `count` records of a shard source, for `data.max_records`.
+
+  A view, not a copy: `read_batch` and the manifest are the wrapped source's, so the grain
+  pipeline (and its checkpointed state, which holds record indices) works unchanged.
+  """
+
+  def __init__(self, source, count: int):
+    if not 0 < count <= len(source):
+      raise ValueError(f'FirstRecords: count {count} is outside [1, {len(source)}]')
+    self.source = source
+    self.count = int(count)
+    self.manifest = source.manifest
+
+  def __len__(self) -> int:
+    return self.count
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return self.source[self._check(np.asarray([index]))[0]]
+
+  def read_batch(self, indices) -> dict[str, np.ndarray]:
+    return self.source.read_batch(self._check(np.asarray(indices, np.int64)))
+
+  def _check(self, indices: np.ndarray) -> np.ndarray:
+    if indices.size and (indices.min() < 0 or indices.max() >= self.count):
+      raise IndexError(f'record index outside [0, {self.count}) of {self.source}')
+    return indices
+
+  def __repr__(self) -> str:
+    return f'FirstRecords({self.source!r}, {self.count})'
+
+
+def limit_records(source, stream: str, max_records: int, folder: str):
+  """`source`, or its first `max_records` records (`data.max_records.<stream>`; 0 = all)."""
+  if not max_records:
+    return source
+  if max_records < 0 or max_records > len(source):
+    raise errors.UserError(
+        f'data.max_records.{stream}={max_records} but {folder} holds {len(source)} records: '
+        f'use a value in [1, {len(source)}], or 0 for all of them')
+  return FirstRecords(source, max_records)
+
+
 class TrainData:
   """Opens the configured streams; `iterators` are what checkpoints save and restore."""
 
@@ -34,9 +79,11 @@ class TrainData:
     process_index, process_count = jax.process_index(), jax.process_count()
     self.sources = {}
     self.iterators = {}
+    max_records = config.data.get('max_records') or {}
     for stream in streams:
       folder = os.path.join(config.data.dir, config.data[stream])
-      self.sources[stream] = shards.open_shards(folder)
+      self.sources[stream] = limit_records(shards.open_shards(folder), stream,
+                                           max_records.get(stream, 0), folder)
       self.iterators[stream] = pipeline.make_iterator(
           self.sources[stream], batch_size=config.batch[stream] // process_count,
           seed=config.seed * 1000 + _STREAM_SEED_OFFSET[stream], shuffle=True,

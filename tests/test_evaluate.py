@@ -31,8 +31,8 @@ from itit.models import vqgan
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES_METRICS = [f'{d}_{m}' for d in ('i2t', 't2i')
                   for m in ('color', 'shape', 'size', 'region', 'relation', 'count', 'exact')]
-SHAPES_METRICS += ['vqgan_ceiling_exact', 'i2t_tf_token_accuracy', 'i2t_tf_valid_accuracy',
-                   'i2t_tf_bayes_ceiling']
+SHAPES_METRICS += ['vqgan_ceiling_exact', 'i2t_cider', 'i2t_tf_token_accuracy',
+                   'i2t_tf_valid_accuracy', 'i2t_tf_bayes_ceiling']
 CYCLE_METRICS = ['cycle/t2i2t_cider', 'cycle/t2i2t_exact', 'cycle/i2t2i_token_accuracy',
                  'cycle/i2t2i_exact']
 

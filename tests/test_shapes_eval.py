@@ -58,3 +58,27 @@ def test_scores_against_hand_computed_values(tokenizer):
   predicted[0, 0] = invalid
   scores = shapes_eval.teacher_forced_scores(predicted, target, [table])
   assert scores['tf_valid_accuracy'] == pytest.approx((length - 1) / length)
+
+
+def test_reference_captions_are_fixed_distinct_captions_of_the_scene():
+  scenes = shapes.make_splits(0, num_train=20, num_test=6)['test']
+  for scene in scenes:
+    references = shapes_eval.reference_captions(scene)
+    assert references == shapes_eval.reference_captions(scene)  # deterministic
+    assert len(set(references)) == min(5, len(shapes.all_captions(scene)))
+    assert all(shapes.parse_caption(r) == scene for r in references)
+  one_caption_world = shapes_eval.reference_captions(scenes[0], count=1)
+  assert one_caption_world == [shapes.all_captions(scenes[0])[0]]
+
+
+def test_caption_cider_rewards_captions_of_the_right_scene():
+  scenes = shapes.make_splits(0, num_train=20, num_test=6)['test']
+  exact = [shapes_eval.reference_captions(s)[0] for s in scenes]
+  # Another caption of the same scene (not a reference) still shares most n-grams.
+  paraphrases = [shapes.all_captions(s)[1] for s in scenes]
+  shuffled = exact[1:] + exact[:1]  # each caption describes another scene
+  scores = {name: shapes_eval.caption_cider(captions, scenes) for name, captions in
+            dict(exact=exact, paraphrases=paraphrases, shuffled=shuffled,
+                 empty=[''] * len(scenes)).items()}
+  assert scores['exact'] > scores['paraphrases'] > scores['shuffled'] > scores['empty'] == 0.0
+  assert scores['exact'] > 3.0

