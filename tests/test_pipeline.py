@@ -8,22 +8,10 @@ import pytest
 from itit.data import pipeline
 from itit.data import shards
 from itit.data.sources import Record
+from index_tokenizer import IndexTextTokenizer  # pylint: disable=g-bad-import-order
 
 NUM_RECORDS = 120
 MAX_TEXT_LEN = 6
-
-
-
-class IndexTextTokenizer:
-  """Writes the record index into the text ids, so tests can tell records apart."""
-
-  identity = {'kind': 'index', 'sha256': '0' * 64, 'vocab_size': 1000}
-
-  def encode(self, texts, max_len):
-    ids = np.zeros((len(texts), max_len), np.int32)
-    ids[:, 0] = [int(t) for t in texts]
-    ids[:, 1] = 1
-    return ids
 
 
 @pytest.fixture(scope='module')

@@ -7,20 +7,9 @@ from itit import errors
 from itit import train_data
 from itit.data import shards
 from itit.data.sources import Record
+from index_tokenizer import IndexTextTokenizer  # pylint: disable=g-bad-import-order
 
 NUM_RECORDS = 60
-
-
-class IndexTextTokenizer:
-  """Writes the record index into the text ids, so tests can tell records apart."""
-
-  identity = {'kind': 'index', 'sha256': '0' * 64, 'vocab_size': 1000}
-
-  def encode(self, texts, max_len):
-    ids = np.zeros((len(texts), max_len), np.int32)
-    ids[:, 0] = [int(t) for t in texts]
-    ids[:, 1] = 1
-    return ids
 
 
 @pytest.fixture(scope='module')
