@@ -27,7 +27,6 @@ def get_config(arg=None):
       embedding_dim=256,
       codebook_size=1024,
       norm_groups=32,
-      norm='group',  # 'group' (MaskGIT) or 'position' (see itit/models/vqgan.py)
       commitment_cost=0.25,
   ))
   # 'shapes': scenes of the built-in shapes world rendered on the fly; 'folder': every image

@@ -24,9 +24,6 @@ def get_config(arg=None):
       embedding_dim=16,
       codebook_size=512,
       norm_groups=8,
-      # Per-position LayerNorm: with GroupNorm (image-wide statistics) the tokens of a blank
-      # corner changed with the colour of an object at the opposite corner.
-      norm='position',
   ))
   config.data.update(dict(source='shapes', num_eval=1000))
   config.optimizer.update(dict(lr=2e-3, b1=0.9, b2=0.99, warmup_steps=50, schedule='cosine'))

@@ -3,7 +3,6 @@ import importlib
 import os
 
 import flax.serialization
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -230,35 +229,3 @@ def test_tokenizer_fn_chunks_and_pads_and_saved_tokenizer_round_trips(small_chec
   os.remove(blob)
   with pytest.raises(FileNotFoundError, match='train a tokenizer'):
     vqgan.load_tokenizer(str(tmp_path))
-
-
-@pytest.mark.parametrize('norm', ['group', 'position'])
-def test_position_norm_keeps_tokens_local(norm):
-  """A token's features depend on pixels outside its receptive field only under GroupNorm."""
-  config = ml_collections.ConfigDict(dict(
-      image_size=64, filters=8, channel_multipliers=[1, 2], num_res_blocks=1, embedding_dim=4,
-      codebook_size=16, norm_groups=4, commitment_cost=0.25, norm=norm))
-  params = vqgan.init_params(config, jax.random.PRNGKey(0))
-  images = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (1, 64, 64, 3)))
-  changed = images.copy()
-  changed[:, :8, :8] = 1.0 - changed[:, :8, :8]  # a corner patch, far from position (31, 31)
-  features = lambda x: vqgan.VQGAN(config).apply({'params': params}, jnp.asarray(x))[1][
-      'features']
-  before, after = features(images), features(changed)
-  # Encoder receptive field: 3 + 4 (level 0) + 8 + 8 (level 1 and middle, stride 2) = 23 px.
-  far = np.abs(np.asarray(after - before))[0, 24:, 24:]
-  near = np.abs(np.asarray(after - before))[0, :2, :2]
-  assert near.max() > 1e-3
-  if norm == 'position':
-    assert far.max() == 0.0
-  else:
-    assert far.max() > 1e-4
-  names = list(flax.traverse_util.flatten_dict(params, sep='/'))
-  assert any('LayerNorm' in k for k in names) == (norm == 'position')
-  assert any('GroupNorm' in k for k in names) == (norm == 'group')
-
-
-def test_unknown_norm_is_rejected():
-  config = ml_collections.ConfigDict(dict(SMALL.to_dict(), norm='batch'))
-  with pytest.raises(ValueError, match="model.norm must be 'group' or 'position'"):
-    vqgan.init_params(config, jax.random.PRNGKey(0))

@@ -14,11 +14,7 @@ followed by a 3x3 conv, bias-free res-block convs.
 
 The model section of a config (`config.model`, or the ConfigDict itself) holds: image_size,
 filters, channel_multipliers, num_res_blocks, embedding_dim, codebook_size, norm_groups,
-commitment_cost, and optionally `norm`: 'group' (MaskGIT's, the default) or 'position'
-(LayerNorm over each position's channels; its tree has LayerNorm_i where MaskGIT's has
-GroupNorm_i). GroupNorm's statistics span the whole image, so every token depends on every
-object in it: on the shapes world, the tokens of a blank corner change with the colour of an
-object at the opposite corner. 'position' keeps a token a function of its receptive field.
+commitment_cost.
 """
 import functools
 import hashlib
@@ -53,27 +49,17 @@ def grid_size(config: ml_collections.ConfigDict) -> int:
   return config.image_size // factor
 
 
-def _norm(config: ml_collections.ConfigDict) -> nn.Module:
-  """A fresh normalization layer of the kind `config.norm` names (see the module docstring)."""
-  kind = config.get('norm', 'group')
-  if kind == 'group':
-    return nn.GroupNorm(num_groups=config.norm_groups)
-  if kind == 'position':
-    return nn.LayerNorm()
-  raise ValueError(f"VQGAN model.norm must be 'group' or 'position', got {kind!r}")
-
-
 class ResBlock(nn.Module):
   """Pre-activation residual block: [B, H, W, C_in] -> [B, H, W, filters]."""
   filters: int
-  config: ml_collections.ConfigDict
+  norm_groups: int
 
   @nn.compact
   def __call__(self, x):
     in_channels = x.shape[-1]
-    h = nn.swish(_norm(self.config)(x))
+    h = nn.swish(nn.GroupNorm(num_groups=self.norm_groups)(x))
     h = nn.Conv(self.filters, (3, 3), use_bias=False)(h)
-    h = nn.swish(_norm(self.config)(h))
+    h = nn.swish(nn.GroupNorm(num_groups=self.norm_groups)(h))
     h = nn.Conv(self.filters, (3, 3), use_bias=False)(h)
     if in_channels == self.filters:
       return x + h
@@ -104,12 +90,12 @@ class Encoder(nn.Module):
     num_levels = len(cfg.channel_multipliers)
     for level, multiplier in enumerate(cfg.channel_multipliers):
       for _ in range(cfg.num_res_blocks):
-        x = ResBlock(cfg.filters * multiplier, cfg)(x)
+        x = ResBlock(cfg.filters * multiplier, cfg.norm_groups)(x)
       if level < num_levels - 1:
         x = _downsample(x)
     for _ in range(cfg.num_res_blocks):
-      x = ResBlock(x.shape[-1], cfg)(x)
-    x = nn.swish(_norm(cfg)(x))
+      x = ResBlock(x.shape[-1], cfg.norm_groups)(x)
+    x = nn.swish(nn.GroupNorm(num_groups=cfg.norm_groups)(x))
     return nn.Conv(cfg.embedding_dim, (1, 1))(x)
 
 
@@ -122,14 +108,14 @@ class Decoder(nn.Module):
     cfg = self.config
     x = nn.Conv(cfg.filters * cfg.channel_multipliers[-1], (3, 3))(x)
     for _ in range(cfg.num_res_blocks):
-      x = ResBlock(x.shape[-1], cfg)(x)
+      x = ResBlock(x.shape[-1], cfg.norm_groups)(x)
     for level in reversed(range(len(cfg.channel_multipliers))):
       filters = cfg.filters * cfg.channel_multipliers[level]
       for _ in range(cfg.num_res_blocks):
-        x = ResBlock(filters, cfg)(x)
+        x = ResBlock(filters, cfg.norm_groups)(x)
       if level > 0:
         x = nn.Conv(filters, (3, 3))(_upsample(x))
-    x = nn.swish(_norm(cfg)(x))
+    x = nn.swish(nn.GroupNorm(num_groups=cfg.norm_groups)(x))
     return nn.Conv(3, (3, 3))(x)
 
 
