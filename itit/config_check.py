@@ -65,6 +65,25 @@ def check_text_encoder(config) -> None:
           'Hugging Face T5 checkpoint (config.json + *.safetensors)')
 
 
+def check_mask_ratios(config) -> None:
+  """The truncated Gaussian of each masking loss must be valid, and its minimum must mask at
+  least the `model.num_dropped` tokens the encoder drops (static shapes)."""
+  loss, num_tokens = config.loss, config.model.image_grid ** 2
+  for name in ('mask_ratio_max_t2i', 'mask_ratio_max_i2t'):
+    if not loss.mask_ratio_min <= loss.mask_ratio_mode <= loss[name] <= 1.0:
+      raise errors.UserError(
+          f'loss.mask_ratio_min={loss.mask_ratio_min} <= loss.mask_ratio_mode='
+          f'{loss.mask_ratio_mode} <= loss.{name}={loss[name]} <= 1 does not hold')
+  if loss.mask_ratio_std <= 0:
+    raise errors.UserError(f'loss.mask_ratio_std={loss.mask_ratio_std}: must be positive')
+  if loss.mask_ratio_min * num_tokens < config.model.num_dropped:
+    raise errors.UserError(
+        f'model.num_dropped={config.model.num_dropped} tokens are dropped from the encoder, but '
+        f'loss.mask_ratio_min={loss.mask_ratio_min} masks only '
+        f'{loss.mask_ratio_min * num_tokens:g} of {num_tokens}: raise the ratio or lower '
+        'num_dropped')
+
+
 def check_train_config(config, num_devices: int, process_count: int, streams=None) -> None:
   """Every check above; `streams` are the input streams the enabled losses read (default all)."""
   streams = sorted(streams if streams is not None else config.batch.keys())
@@ -77,3 +96,4 @@ def check_train_config(config, num_devices: int, process_count: int, streams=Non
   check_batch_sizes(config, data * fsdp, process_count, streams)
   check_data_dir(config, streams)
   check_text_encoder(config)
+  check_mask_ratios(config)
