@@ -206,13 +206,14 @@ def compose_figures(figures, target: str) -> str:
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   images = [plt.imread(path) for _, path in figures]
-  width = max(image.shape[1] for image in images) / 100  # inches at 100 dpi: pixels 1:1
+  # Inches at 100 dpi (pixels 1:1), at least 6 so the titles fit above narrow chains.
+  width = max(6.0, max(image.shape[1] for image in images) / 100)
   heights = [image.shape[0] / 100 + 0.4 for image in images]  # + the title
   figure, axes = plt.subplots(len(figures), 1, figsize=(width, sum(heights)), squeeze=False,
                               gridspec_kw=dict(height_ratios=heights))
   for ax, (title, _), image in zip(axes[:, 0], figures, images):
     ax.imshow(image)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.axis('off')
   figure.tight_layout()
   figure.savefig(target, dpi=100)
