@@ -21,6 +21,13 @@ import numpy as np
 
 from configs import base
 from itit import flops
+from itit import metric_writer
+from itit import train
+from itit.data import shards
+from itit.models import itit as itit_model
+
+format_duration = metric_writer.format_duration
+write_json_atomic = shards.write_json_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -227,19 +234,6 @@ def sample_command(run: Run, paths: Paths, budget, prompts, out: str) -> list[st
           + [f'--{key}={value}' for key, value in settings.items()])
 
 
-def _loss_names(loss) -> list[str]:
-  """The loss names `itit.train.make_loss_fns` registers for these switches."""
-  names = [n for n, on in (('t2i', loss.t2i), ('i2t', loss.i2t)) if on]
-  if loss.i2i and not loss.i2t:
-    names.append('i2i')
-  text, image = loss.unpaired_text_loss, loss.unpaired_image_loss
-  if text != 'none':
-    names.append('t2t' if text == 't2t' else 't2i2t')
-  if image != 'none':
-    names.append('unpaired_i2i' if image == 'i2i' else 'i2t2i')
-  return names
-
-
 def train_config(run: Run, paths: Paths, budget, counts):
   """The run's training config, built as `itit.train` builds it from the command."""
   from configs import shapes  # pylint: disable=g-import-not-at-top
@@ -252,7 +246,8 @@ def estimated_seconds(run: Run, paths: Paths, budget, counts) -> float:
   """A prior for the run's wall time: a fixed start-up + evaluation cost plus its analytic
   training FLOPs at an assumed rate (budget['estimate']); the ETA rescales it by measurement."""
   config = train_config(run, paths, budget, counts)
-  step_flops = flops.train_step_flops(config, _loss_names(config.loss))['total']
+  names = sorted(train.make_loss_fns(config, itit_model.ITIT(config.model)))
+  step_flops = flops.train_step_flops(config, names)['total']
   estimate = budget['estimate']
   return estimate['overhead_s'] + config.total_steps * step_flops / (
       estimate['gflops_per_s'] * 1e9)
@@ -266,23 +261,9 @@ def eta_seconds(remaining_estimates, finished_estimates, finished_seconds) -> fl
   return scale * sum(remaining_estimates)
 
 
-def format_duration(seconds: float) -> str:
-  seconds = int(round(max(seconds, 0)))
-  hours, rest = divmod(seconds, 3600)
-  return f'{hours}h{rest // 60:02d}m' if hours else f'{rest // 60}m{rest % 60:02d}s'
-
-
 def read_json(path: str) -> dict:
   with open(path) as f:
     return json.load(f)
-
-
-def write_json_atomic(path: str, content: dict) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp_path = path + '.tmp'
-  with open(tmp_path, 'w') as f:
-    json.dump(content, f, indent=2)
-  os.replace(tmp_path, path)
 
 
 # -- the report -------------------------------------------------------------------------------

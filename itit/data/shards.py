@@ -207,7 +207,9 @@ def open_shards(shard_dir: str | os.PathLike,
   return ShardDataSource(shard_dir, manifest)
 
 
-def _write_json_atomic(path: str, content: dict) -> None:
+def write_json_atomic(path: str, content: dict) -> None:
+  """Writes `content` as JSON through a temporary file and a rename: never half a file."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   tmp_path = path + '.tmp'
   with open(tmp_path, 'w') as f:
     json.dump(content, f, indent=2)
@@ -263,7 +265,7 @@ class _ShardWriter:
         'file': os.path.basename(path), 'num_records': self._count,
         'first_key': self._keys[0], 'last_key': self._keys[1]})
     self._manifest['num_records'] += self._count
-    _write_json_atomic(os.path.join(self._out_dir, MANIFEST_NAME), self._manifest)
+    write_json_atomic(os.path.join(self._out_dir, MANIFEST_NAME), self._manifest)
 
 
 def _tokenize_batch(examples: list, image_tokenizer, text_tokenizer, max_text_len: int,
@@ -414,5 +416,5 @@ def write_shards(out_dir: str | os.PathLike, examples: Iterable[Record], *,
     raise ValueError(f'cannot resume {out_dir}: the example stream ended after {seen} examples, '
                      f'before the {skip} already written; delete {out_dir} and write again')
   manifest['complete'] = True
-  _write_json_atomic(manifest_path, manifest)
+  write_json_atomic(manifest_path, manifest)
   return manifest
