@@ -4,7 +4,8 @@
 # Here (with network), once:   bash scripts/prepare_gpu_wheels.sh      # -> .whl/ (~4.5 MB)
 # On the GPU box, from the repository root (carry .whl):
 #   OUT=/some/dir bash scripts/gpu_check.sh
-# -> $OUT/gpu_results.json (every figure), $OUT/gpu_log.txt, $OUT/trace (jax.profiler, if small).
+# -> $OUT/gpu_results.json (every figure), $OUT/gpu_log.txt, $OUT/summary_trace_*.{json,txt}
+#    (where the device time of the traced steps goes; the raw trace too when under 16 MB).
 #
 # ITIT-B: configs/vit_b.py (256px -> 16x16 tokens, text length 64, learned text encoder), bf16,
 # per-stream batch $BATCH (row 14: 3 x $BATCH examples a step; row 3: 3 x $BATCH paired), T2I
@@ -42,21 +43,23 @@ if [ -n "${IMPL:-}" ]; then
 else
 read -r IMPL_TRAIN IMPL_CAPTION < <(timeout 45 python3 - <<'PY' || echo "xla xla"
 import jax, jax.numpy as jnp
-def probe(b, q, k, grad=False, bias=False):
+from itit.models import layers
+def probe(b, q, k, grad=False):
+  # The model's own cuDNN path (layers.even_length_attention: masks spanning both lengths,
+  # odd lengths padded); a T5-style bias always takes XLA's implementation.
   key = jax.random.PRNGKey(0)
   x = lambda l: jax.random.normal(key, (b, l, 12, 64), jnp.bfloat16)
-  mask = jnp.ones((b, 1, q, k), bool).at[..., -1].set(False)
-  bias_ = jnp.zeros((1, 12, q, k), jnp.bfloat16) if bias else None
-  f = lambda qq: jax.nn.dot_product_attention(qq, x(k), x(k), bias=bias_, mask=mask,
+  mask = jnp.ones((b, 1, 1, k), bool).at[..., -1].set(False)
+  f = lambda qq: layers.even_length_attention(qq, x(k), x(k), mask,
                                               implementation='cudnn').astype(jnp.float32).sum()
   try:
     jax.block_until_ready(jax.jit(jax.grad(f) if grad else f)(x(q)))
     return True
   except Exception as e:
-    print(f'cudnn probe b={b} q={q} k={k} grad={grad} bias={bias}: {type(e).__name__}',
+    print(f'cudnn probe b={b} q={q} k={k} grad={grad}: {type(e).__name__}: {str(e)[:200]}',
           file=__import__('sys').stderr)
     return False
-train = probe(4, 192, 192, grad=True) and probe(4, 64, 64, grad=True, bias=True) and probe(4, 256, 256)
+train = probe(4, 129, 129, grad=True) and probe(4, 192, 192, grad=True) and probe(4, 256, 256)
 caption = probe(4, 257, 322) and probe(4, 1, 322)
 print('cudnn' if train else 'xla', 'cudnn' if caption else 'xla')
 PY
@@ -87,24 +90,30 @@ PARTS=${PARTS:-step3 step14_unguided8 t2i caption input}
 for name in $PARTS; do
   case $name in
     step3) part "${STEP_TIMEOUT:-240}" step3 "$IMPL_TRAIN" "${STEP_ARGS[@]}" --rows=3 \
-             --trace_dir="$OUT/trace" ;;
+             --trace_dir="$OUT/trace_step3" ;;
+    step3_nodrop) part "${STEP_TIMEOUT:-240}" step3_nodrop "$IMPL_TRAIN" "${STEP_ARGS[@]}" \
+             --rows=3 --tag=_nodrop --config.model.dropout=0 ;;
     step14) part "${STEP_TIMEOUT:-240}" step14 "$IMPL_TRAIN" "${STEP_ARGS[@]}" --rows=14 ;;
     step14_unguided8) part "${STEP_TIMEOUT:-240}" step14_unguided8 "$IMPL_TRAIN" \
              "${STEP_ARGS[@]}" --rows=14 --tag=_unguided8 --config.cycle.synthesis_steps=8 \
-             --config.cycle.guidance_scale=0 ;;
+             --config.cycle.guidance_scale=0 --trace_dir="$OUT/trace_step14_unguided8" ;;
     t2i) part "${T2I_TIMEOUT:-75}" t2i "$IMPL_TRAIN" --parts=t2i ;;
     caption) part "${CAPTION_TIMEOUT:-80}" caption "$IMPL_CAPTION" --parts=caption ;;
     input) part 35 input "$IMPL_TRAIN" --parts=input --input_records=50000 --batch=256 ;;
-    *) echo "[gpu_check] unknown part $name (step3 step14 step14_unguided8 t2i caption input)" ;;
+    *) echo "[gpu_check] unknown part $name (step3 step3_nodrop step14 step14_unguided8 t2i caption input)" ;;
   esac
 done
 
-if [ -d "$OUT/trace" ]; then
-  size_mb=$(du -sm "$OUT/trace" | cut -f1)
+# A raw trace of two ITIT-B steps is tens of MB; its summary (device busy time, time per op
+# category, top kernels: scripts/trace_summary.py) is what comes back.
+for trace in "$OUT"/trace_*; do
+  [ -d "$trace" ] || continue
+  python3 scripts/trace_summary.py "$trace" --out "$OUT/summary_$(basename "$trace").json" \
+    > "$OUT/summary_$(basename "$trace").txt" 2>&1 || echo "[gpu_check] summary of $trace failed"
+  head -40 "$OUT/summary_$(basename "$trace").txt"
+  size_mb=$(du -sm "$trace" | cut -f1)
   if [ "$size_mb" -ge 16 ]; then
-    echo "[gpu_check] trace is ${size_mb} MB (>= 16): removed"; rm -rf "$OUT/trace"
-  else
-    echo "[gpu_check] trace kept: ${size_mb} MB in $OUT/trace"
+    echo "[gpu_check] $trace is ${size_mb} MB (>= 16): removed, its summary kept"; rm -rf "$trace"
   fi
-fi
+done
 elapsed "done; results in $RESULTS"

@@ -114,6 +114,34 @@ class HeadsDense(nn.Module):
     return y
 
 
+def even_length_attention(query, key, value, mask, *, scale=None, implementation='cudnn'):
+  """jax.nn.dot_product_attention with both sequence lengths padded to even ones.
+
+  cuDNN turns a mask into a bias that must span both lengths, and its training kernels with a
+  bias reject odd lengths (the encoder sees 128 kept image tokens + 1 text slot = 129). Padded
+  keys are masked out; padded queries copy the last real query's mask row (an all-masked row
+  would give NaN in the backward pass) and are sliced off.
+  query: [batch, q, heads, head_dim]; key, value: [batch, k, heads, head_dim];
+  mask: bool [batch|1, 1|heads, q|1, k] or None. Returns [batch, q, heads, head_dim].
+  """
+  batch, q_len, _, _ = query.shape
+  k_len = key.shape[1]
+  q_pad, k_pad = q_len % 2, k_len % 2
+  if mask is None:
+    mask = jnp.ones((batch, 1, q_len, k_len), bool)
+  mask = jnp.broadcast_to(mask, (*mask.shape[:2], q_len, k_len))
+  if q_pad or k_pad:
+    query = jnp.pad(query, ((0, 0), (0, q_pad), (0, 0), (0, 0)))
+    key = jnp.pad(key, ((0, 0), (0, k_pad), (0, 0), (0, 0)))
+    value = jnp.pad(value, ((0, 0), (0, k_pad), (0, 0), (0, 0)))
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, k_pad)), constant_values=False)
+    if q_pad:
+      mask = jnp.concatenate([mask, mask[:, :, -1:]], axis=2)
+  out = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale,
+                                     implementation=implementation)
+  return out[:, :q_len]
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with an optional KV cache for incremental decoding.
 
@@ -150,13 +178,13 @@ class Attention(nn.Module):
     implementation = self.implementation
     if bias is not None and implementation == 'cudnn':
       implementation = 'xla'
-    if mask is not None and implementation == 'cudnn':
-      # cuDNN turns the mask into a bias that must span both sequence lengths; a padding mask
-      # [batch, 1, 1, k] is broadcast over the queries.
-      mask = jnp.broadcast_to(mask, (*mask.shape[:2], query.shape[1], key.shape[1]))
-    out = jax.nn.dot_product_attention(
-        query, key, value, bias=None if bias is None else bias.astype(query.dtype), mask=mask,
-        scale=self.scale, implementation=implementation)
+    if implementation == 'cudnn':
+      out = even_length_attention(query, key, value, mask, scale=self.scale,
+                                  implementation=implementation)
+    else:
+      out = jax.nn.dot_product_attention(
+          query, key, value, bias=None if bias is None else bias.astype(query.dtype), mask=mask,
+          scale=self.scale, implementation=implementation)
     return HeadsDense((width,), ('heads', 'kv', 'embed'), ('embed',), contract=2,
                       use_bias=self.use_bias, dtype=self.dtype, name='out')(out)
 
