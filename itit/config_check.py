@@ -70,10 +70,12 @@ def check_mask_ratios(config) -> None:
   least the `model.num_dropped` tokens the encoder drops (static shapes)."""
   loss, num_tokens = config.loss, config.model.image_grid ** 2
   for name in ('mask_ratio_max_t2i', 'mask_ratio_max_i2t'):
-    if not loss.mask_ratio_min <= loss.mask_ratio_mode <= loss[name] <= 1.0:
+    if not 0.0 <= loss.mask_ratio_min <= loss[name] <= 1.0:
       raise errors.UserError(
-          f'loss.mask_ratio_min={loss.mask_ratio_min} <= loss.mask_ratio_mode='
-          f'{loss.mask_ratio_mode} <= loss.{name}={loss[name]} <= 1 does not hold')
+          f'0 <= loss.mask_ratio_min={loss.mask_ratio_min} <= loss.{name}={loss[name]} <= 1 '
+          'does not hold')
+  if not 0.0 <= loss.mask_ratio_mode <= 1.0:
+    raise errors.UserError(f'loss.mask_ratio_mode={loss.mask_ratio_mode}: must be in [0, 1]')
   if loss.mask_ratio_std <= 0:
     raise errors.UserError(f'loss.mask_ratio_std={loss.mask_ratio_std}: must be positive')
   if loss.mask_ratio_min * num_tokens < config.model.num_dropped:

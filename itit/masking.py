@@ -11,10 +11,14 @@ import numpy as np
 
 # pylint: disable-next=redefined-builtin
 def sample_mask_ratio(rng, shape, mode=0.75, std=0.25, min=0.5, max=1.0):
-  """Mask ratios from a Gaussian(mode, std) truncated to [min, max] (the paper's table 3)."""
-  if not min <= mode <= max or std <= 0:
-    raise ValueError(f'mask ratio needs min <= mode <= max and std > 0, got min={min}, '
-                     f'mode={mode}, max={max}, std={std}')
+  """Mask ratios from a Gaussian(mode, std) truncated to [min, max] (the paper's table 3).
+
+  The mode may lie outside [min, max] (e.g. I2T with max 0.5 < mode 0.75: ratios pile up
+  towards max); the bounds must satisfy 0 <= min <= max <= 1.
+  """
+  if not 0.0 <= min <= max <= 1.0 or not 0.0 <= mode <= 1.0 or std <= 0:
+    raise ValueError(f'mask ratio needs 0 <= min <= max <= 1, 0 <= mode <= 1 and std > 0, got '
+                     f'min={min}, mode={mode}, max={max}, std={std}')
   lower = (min - mode) / std
   upper = (max - mode) / std
   ratio = mode + std * jax.random.truncated_normal(rng, lower, upper, shape, jnp.float32)

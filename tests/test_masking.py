@@ -23,9 +23,22 @@ def test_mask_ratio_bounds_and_mode():
   assert np.all(np.diff(hist) > 0)
 
 
+def test_mask_ratio_mode_above_max():
+  """A mode above max (I2T ratios capped at 0.5) is a valid truncation: density rising to max."""
+  ratio = np.asarray(masking.sample_mask_ratio(jax.random.PRNGKey(2), (100_000,), min=0.25,
+                                               max=0.5))
+  assert ratio.min() >= 0.25 and ratio.max() <= 0.5
+  hist, _ = np.histogram(ratio, bins=5, range=(0.25, 0.5))
+  assert np.all(np.diff(hist) > 0)
+  fixed = masking.sample_mask_ratio(jax.random.PRNGKey(3), (10,), min=0.5, max=0.5)
+  np.testing.assert_allclose(fixed, 0.5)
+
+
 def test_mask_ratio_rejects_bad_bounds():
-  with pytest.raises(ValueError, match='min <= mode <= max'):
-    masking.sample_mask_ratio(jax.random.PRNGKey(0), (3,), mode=0.9, max=0.75)
+  with pytest.raises(ValueError, match='0 <= min <= max <= 1'):
+    masking.sample_mask_ratio(jax.random.PRNGKey(0), (3,), min=0.8, max=0.75)
+  with pytest.raises(ValueError, match='std > 0'):
+    masking.sample_mask_ratio(jax.random.PRNGKey(0), (3,), std=0.0)
 
 
 def test_random_mask_counts():

@@ -357,8 +357,9 @@ def test_unknown_config_field_is_one_error_line(data_dir, tmp_path):
      r"stream 'paired': .*/pared holds no token shards .*--config\.data\.paired"),
     ({'model.text_encoder.kind': 't5', 'model.text_encoder.path': '/nonexistent/t5'},
      errors.MissingFileError, r"model\.text_encoder\.path='/nonexistent/t5' is not a directory"),
-    ({'loss.mask_ratio_min': 0.25, 'loss.mask_ratio_max_i2t': 0.5}, errors.UserError,
-     r'loss\.mask_ratio_mode=0\.75 <= loss\.mask_ratio_max_i2t=0\.5 <= 1 does not hold'),
+    ({'loss.mask_ratio_min': 0.75, 'loss.mask_ratio_max_i2t': 0.5}, errors.UserError,
+     r'loss\.mask_ratio_min=0\.75 <= loss\.mask_ratio_max_i2t=0\.5 <= 1 does not hold'),
+    ({'loss.mask_ratio_mode': 1.5}, errors.UserError, r'mask_ratio_mode=1\.5: must be in'),
     ({'loss.mask_ratio_min': 0.1, 'model.num_dropped': 8}, errors.UserError,
      r'model\.num_dropped=8 tokens are dropped .* masks only 1\.6 of 16'),
 ])
