@@ -97,13 +97,16 @@ def make_cells(table) -> list[Cell]:
 
 
 def plan_runs(cells, names=None, seeds: int | None = None) -> list[Run]:
-  """Runs of the chosen cells (all if `names` is empty), seeds 1..n, cell by cell."""
+  """Runs of the chosen cells (all if `names` is empty), seeds 1..n, seed by seed: every cell's
+  seed 1 first, so a study cut short still has a whole table (fewer seeds), not a half one."""
   by_name = {cell.name: cell for cell in cells}
   unknown = [n for n in names or () if n not in by_name]
   if unknown:
     raise ValueError(f'--cells: unknown cell(s) {unknown}; the plan has {", ".join(by_name)}')
   chosen = [by_name[n] for n in names] if names else cells
-  return [Run(cell, seed) for cell in chosen for seed in range(1, (seeds or cell.seeds) + 1)]
+  most = max((seeds or cell.seeds) for cell in chosen)
+  return [Run(cell, seed) for seed in range(1, most + 1) for cell in chosen
+          if seed <= (seeds or cell.seeds)]
 
 
 def set_fields(config, overrides: dict, what: str):
@@ -218,6 +221,8 @@ def train_overrides(run: Run, paths: Paths, budget, counts, fid: bool) -> dict:
   overrides.update({f'data.max_records.{s}': n for s, n in max_records(run.cell, counts).items()})
   if fid:
     overrides['eval.inception'] = paths.inception
+    # Every run's cycle evaluation uses the same test images: their FID statistics once.
+    overrides['eval.fid_cache_dir'] = os.path.join(paths.work, 'fid_cache')
   return overrides
 
 

@@ -342,6 +342,9 @@ def main(argv=None, runner=run_command, log=print) -> int:
             run, paths, budget, CHAIN_PROMPTS, os.path.join(work, 'cycle', name))))
     return 0
   os.makedirs(work, exist_ok=True)
+  # Runs of the same row compile the same programs (the seed is data): a persistent XLA cache
+  # lets every run after the first of its row skip compiling.
+  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(work, 'jax_cache'))
   with open(os.path.join(work, '.gitignore'), 'w') as f:
     f.write('*\n')  # checkpoints and shards stay out of git when OUT is in the repository
   meta_path = os.path.join(out, 'study.json')

@@ -138,6 +138,17 @@ def test_shapes_and_cycle_metrics_written(shapes_run, inception_npz):
   markdown = open(result['markdown']).read()
   assert '| shapes_heldout_test | t2i_exact |' in markdown
   assert '| cycle | t2i2t_cider |' in markdown
+  if inception_npz:
+    # The source images' statistics were cached; a second evaluation sharing the folder (as a
+    # study's runs do) reads them and reproduces the FID.
+    cached = [n for n in os.listdir(os.path.join(workdir, 'eval', 'fid_cache'))
+              if n.startswith('fid_ref_') and n.endswith('.npz')]
+    assert len(cached) == 1
+    again = evaluate.evaluate_run(workdir, 'cycle', overrides=dict(
+        overrides, fid_cache_dir=os.path.join(workdir, 'eval', 'fid_cache')))
+    with open(again['json']) as f:
+      assert json.load(f)['metrics']['cycle/i2t2i_fid'] == pytest.approx(
+          metrics['cycle/i2t2i_fid'], rel=1e-6)
 
 
 def _coco_fixture(root, num_images=6):

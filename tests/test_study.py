@@ -77,6 +77,9 @@ def test_plan_has_the_issue_cells(script):
   assert all(c.seeds >= 2 for c in cells.values())
   runs = study.plan_runs(list(cells.values()))
   assert len(runs) == 7 * 3 + 4 * 2 and runs[0].name == 'row3-seed1'
+  # Seed by seed: all 11 cells' seed 1, then seed 2, then seed 3 of the 7 three-seed cells.
+  assert [r.seed for r in runs] == [1] * 11 + [2] * 11 + [3] * 7
+  assert runs[1].name == 'row7-seed1' and runs[-1].name == 'all_paired-seed3'
   quick = study.plan_runs(list(cells.values()), script.QUICK_CELLS, 1)
   assert [r.name for r in quick] == ['row3-seed1', 'row14-seed1', 'all_paired-seed1']
   with pytest.raises(ValueError, match=r"unknown cell\(s\) \['row99'\]"):

@@ -15,6 +15,8 @@ Settings (`default_config`; a run's `eval` block and command-line overrides are 
   cycle_split            cycle: the split whose pairs make the round trips
   inception, inception_batch_size
                          the FID network (.npz of scripts/convert_inception.py; '' = no FID)
+  fid_cache_dir          cycle: where the source images' FID statistics are cached
+                         ('' = <workdir>/fid_cache)
   use_java               captioning metrics: None = Stanford PTB tokenizer + METEOR if Java is
                          present, False = Python tokenizer without METEOR
   coco.*                 coco_captions: dataset_json + images (Karpathy) or shards; split,
@@ -51,6 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
       cycle_split='test',
       inception='',
       inception_batch_size=50,
+      fid_cache_dir='',
       use_java=ml_collections.config_dict.placeholder(bool),
       coco=dict(dataset_json='', images='', shards='', split='test', num_images=0, beam_size=4,
                 batch_size=32, metrics='CIDEr,BLEU-4,METEOR,ROUGE-L'),

@@ -9,10 +9,15 @@ On the first `eval.num_examples` pairs of `eval.cycle_split` (default: the test 
   tokens are compared with the source tokens: `cycle/i2t2i_token_accuracy` (fraction of equal
   tokens, position by position). With `eval.inception` set, `cycle/i2t2i_fid`: FID of the
   round-trip images against the source images (both decoded by the VQGAN; 32 px shapes images are
-  upsampled to 299 like any other). On the shapes world also `cycle/i2t2i_exact`: the
-  round-trip image parses to the source scene.
+  upsampled to 299 like any other). The source images' statistics are cached in
+  `eval.fid_cache_dir` (default <workdir>/fid_cache), keyed by their pixels and the network, so
+  runs that share the folder (a study's cells) compute them once. On the shapes world also
+  `cycle/i2t2i_exact`: the round-trip image parses to the source scene.
 """
 from __future__ import annotations
+
+import hashlib
+import os
 
 import jax
 import numpy as np
@@ -59,7 +64,17 @@ class CycleEval(common.Evaluator):
   def _fid_against_sources(self, images) -> float:
     extractor = self.context.extractor()
     if self._source_statistics is None:
-      self._source_statistics = fid.statistics(extractor(self._source_images))
+      sources = self._source_images
+      digest = hashlib.sha256(np.ascontiguousarray(sources).tobytes()).hexdigest()[:16]
+      names = [f'cycle-source-{digest}-{i}' for i in range(len(sources))]
+      cache_dir = self.context.eval_config.fid_cache_dir or (
+          self.context.out_dir and os.path.join(self.context.out_dir, 'fid_cache'))
+      if cache_dir:
+        self._source_statistics = fid.reference_statistics(
+            names, lambda chunk: sources[[int(name.rsplit('-', 1)[1]) for name in chunk]],
+            extractor, cache_dir, resolution=sources.shape[1])
+      else:
+        self._source_statistics = fid.statistics(extractor(sources))
     return common.frechet_distance_to_features(extractor(images), *self._source_statistics)
 
   def run(self, params, rng=None, step=None) -> dict[str, float]:
