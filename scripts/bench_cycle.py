@@ -19,6 +19,7 @@ figure is the worst case.
 import argparse
 import functools
 import os
+import sys
 
 import flax.linen as nn
 import jax
@@ -27,6 +28,9 @@ import numpy as np
 
 from benchmark import time_calls  # scripts/benchmark.py, beside this script
 from configs import shapes
+# Runnable as `python scripts/...` from a checkout without `pip install -e .`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from itit import cycle_losses
 from itit import optimizer as optimizer_lib
 from itit import train

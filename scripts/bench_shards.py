@@ -8,11 +8,15 @@ tokens, captions of random length) to a temporary folder with `write_shards`, th
 """
 import argparse
 import os
+import sys
 import tempfile
 import time
 
 import grain
 import numpy as np
+
+# Runnable as `python scripts/...` from a checkout without `pip install -e .`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from itit.data import pipeline
 from itit.data import shards

@@ -26,6 +26,9 @@ import zipfile
 
 import numpy as np
 
+# Runnable as `python scripts/...` from a checkout without `pip install -e .`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from itit.metrics import inception
 
 # default_1.pt's module names for pytorch-fid's. Stem convolutions:

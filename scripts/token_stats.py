@@ -9,8 +9,13 @@ Also prints the tokens of an empty corner for one circle of each colour at the o
 (they should not change with the colour).
 """
 import argparse
+import os
+import sys
 
 import numpy as np
+
+# Runnable as `python scripts/...` from a checkout without `pip install -e .`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from itit.data import shapes
 from itit.models import vqgan
