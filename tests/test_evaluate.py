@@ -27,8 +27,8 @@ from itit.data import shards
 from itit.data.sources import Record
 from itit.data.text_tokenizer import TextTokenizer
 from itit.models import vqgan
+from script_loader import load_script  # pylint: disable=g-bad-import-order
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES_METRICS = [f'{d}_{m}' for d in ('i2t', 't2i')
                   for m in ('color', 'shape', 'size', 'region', 'relation', 'count', 'exact')]
 SHAPES_METRICS += ['vqgan_ceiling_exact', 'i2t_cider', 'i2t_tf_token_accuracy',
@@ -45,10 +45,7 @@ def inception_npz(tmp_path_factory):
       spec.submodule_search_locations[0], 'default_1.pt')
   if not path or not os.path.isfile(path) or importlib.util.find_spec('torch') is None:
     return None
-  converter_spec = importlib.util.spec_from_file_location(
-      'convert_inception', os.path.join(_REPO, 'scripts', 'convert_inception.py'))
-  converter = importlib.util.module_from_spec(converter_spec)
-  converter_spec.loader.exec_module(converter)
+  converter = load_script('convert_inception')
   output = str(tmp_path_factory.mktemp('inception') / 'inception_fid.npz')
   converter.convert_file(path, output)
   return output

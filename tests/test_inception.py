@@ -13,11 +13,11 @@ from PIL import Image
 
 from itit.data.images import center_crop_resize
 from itit.metrics import inception
+from script_loader import load_script  # pylint: disable=g-bad-import-order
 
 torch = pytest.importorskip('torch', reason='torch (CPU) is in the test extra: pip install torch')
 F = torch.nn.functional
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'camera', 'coins', 'immunohistochemistry',
            'clock')
 
@@ -31,11 +31,7 @@ def _default_1_path():
 
 
 def _load_converter():
-  spec = importlib.util.spec_from_file_location(
-      'convert_inception', os.path.join(_REPO, 'scripts', 'convert_inception.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script('convert_inception')
 
 
 @pytest.fixture(scope='module')

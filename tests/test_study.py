@@ -2,7 +2,6 @@
 
 Nothing is trained: a fake runner plays the CLIs, writing what they would write.
 """
-import importlib.util
 import json
 import os
 import re
@@ -12,16 +11,13 @@ from PIL import Image
 import pytest
 
 from itit import study
+from script_loader import load_script  # pylint: disable=g-bad-import-order
 
-_SCRIPT = os.path.join(study.REPO, 'scripts', 'study.py')
 
 
 @pytest.fixture(scope='module')
 def script():
-  spec = importlib.util.spec_from_file_location('study_script', _SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script('study', 'study_script')
 
 
 def flag(command, name):

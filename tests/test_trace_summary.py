@@ -1,21 +1,15 @@
 """scripts/trace_summary.py: busy time, categories and top ops of a Chrome trace."""
 import gzip
-import importlib.util
 import json
-import os
 
 import pytest
+from script_loader import load_script  # pylint: disable=g-bad-import-order
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
 def trace_summary():
-  spec = importlib.util.spec_from_file_location(
-      'trace_summary', os.path.join(_REPO, 'scripts', 'trace_summary.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script('trace_summary')
 
 
 def _device_trace():
