@@ -342,9 +342,6 @@ def main(argv=None, runner=run_command, log=print) -> int:
             run, paths, budget, CHAIN_PROMPTS, os.path.join(work, 'cycle', name))))
     return 0
   os.makedirs(work, exist_ok=True)
-  # Runs of the same row compile the same programs (the seed is data): a persistent XLA cache
-  # lets every run after the first of its row skip compiling.
-  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(work, 'jax_cache'))
   with open(os.path.join(work, '.gitignore'), 'w') as f:
     f.write('*\n')  # checkpoints and shards stay out of git when OUT is in the repository
   meta_path = os.path.join(out, 'study.json')
@@ -355,6 +352,13 @@ def main(argv=None, runner=run_command, log=print) -> int:
       machine=machine(), started=meta.get('started', now), last_invoked=now,
       mode='quick' if args.quick else 'default', budget=budget))
   started = time.time()
+  # Runs of the same row compile the same programs (the seed is data): a persistent XLA cache,
+  # set for the study's own commands only, lets every run after the first of its row skip
+  # compiling.
+  cache_key = 'JAX_COMPILATION_CACHE_DIR'
+  own_cache = cache_key not in os.environ
+  if own_cache:
+    os.environ[cache_key] = os.path.join(work, 'jax_cache')
   try:
     for name, command, done in steps:
       if not os.path.exists(done):
@@ -372,6 +376,9 @@ def main(argv=None, runner=run_command, log=print) -> int:
   except study.StudyError as e:
     log(f'error: {e}')
     return 1
+  finally:
+    if own_cache:
+      del os.environ[cache_key]
   log(f'Done in {study.format_duration(time.time() - started)}. Wrote '
       f'{write_report(cells, paths)}')
   return 0

@@ -67,11 +67,12 @@ class CycleEval(common.Evaluator):
       sources = self._source_images
       digest = hashlib.sha256(np.ascontiguousarray(sources).tobytes()).hexdigest()[:16]
       names = [f'cycle-source-{digest}-{i}' for i in range(len(sources))]
+      index_of = {name: i for i, name in enumerate(names)}
       cache_dir = self.context.eval_config.fid_cache_dir or (
           self.context.out_dir and os.path.join(self.context.out_dir, 'fid_cache'))
       if cache_dir:
         self._source_statistics = fid.reference_statistics(
-            names, lambda chunk: sources[[int(name.rsplit('-', 1)[1]) for name in chunk]],
+            names, lambda chunk: sources[[index_of[name] for name in chunk]],
             extractor, cache_dir, resolution=sources.shape[1])
       else:
         self._source_statistics = fid.statistics(extractor(sources))

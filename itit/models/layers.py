@@ -127,10 +127,11 @@ def even_length_attention(query, key, value, mask, *, scale=None, implementation
   batch, q_len, _, _ = query.shape
   k_len = key.shape[1]
   q_pad, k_pad = q_len % 2, k_len % 2
-  if mask is None:
-    mask = jnp.ones((batch, 1, q_len, k_len), bool)
-  mask = jnp.broadcast_to(mask, (*mask.shape[:2], q_len, k_len))
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, (*mask.shape[:2], q_len, k_len))
   if q_pad or k_pad:
+    if mask is None:  # only the padded keys need masking; unpadded calls stay mask-free
+      mask = jnp.ones((batch, 1, q_len, k_len), bool)
     query = jnp.pad(query, ((0, 0), (0, q_pad), (0, 0), (0, 0)))
     key = jnp.pad(key, ((0, 0), (0, k_pad), (0, 0), (0, 0)))
     value = jnp.pad(value, ((0, 0), (0, k_pad), (0, 0), (0, 0)))
