@@ -14,7 +14,6 @@ from itit import study
 from script_loader import load_script  # pylint: disable=g-bad-import-order
 
 
-
 @pytest.fixture(scope='module')
 def script():
   return load_script('study', 'study_script')
