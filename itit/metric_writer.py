@@ -84,14 +84,14 @@ class Progress:
     now = time.perf_counter()
     if self._t0 is None:
       self._t0, self._step0 = now, step
-      rate = float('nan')
-      eta = '?'
+      rate_text, eta = '? steps/s', '?'  # the rate needs a second report
     else:
       rate = (step - self._step0) / max(now - self._t0, 1e-9)
+      rate_text = f'{rate:.2f} steps/s'
       eta = format_duration((self.total_steps - step) / rate) if rate > 0 else '?'
     fields = ' '.join(f'{k}={v:.4g}' for k, v in (metrics or {}).items())
     line = (f'[{step}/{self.total_steps} {100.0 * step / max(self.total_steps, 1):5.1f}%] '
-            f'{rate:.2f} steps/s, ETA {eta}  {fields}')
+            f'{rate_text}, ETA {eta}  {fields}')
     if jax.process_index() == 0:
       print(line, file=self.stream, flush=True)
     return line
