@@ -19,6 +19,10 @@ def model_config():
       depth=12,
       num_heads=12,
       mlp_dim=3072,
+      # Image position tables: 'normal' (learned, N(0, 0.02) init) or 'sincos2d' (MAE's 2D
+      # sin-cos init, times image_position_init_scale, then trained).
+      image_position_init='normal',
+      image_position_init_scale=1.0,
       text_decoder_depth=6,
       # GIT's text decoder is 768 wide at every encoder size; this (with tied embeddings) also
       # reproduces the paper's 221M / 487M / 868M totals. The image decoder uses the encoder's

@@ -28,6 +28,11 @@ def get_config(arg=None):
       codebook_size=1024,
       norm_groups=32,
       commitment_cost=0.25,
+      # 'resnet' (MaskGIT's CNN) or 'patch_mlp' (each token from its own patch only, via an MLP
+      # of patch_mlp_depth hidden layers of patch_mlp_width; itit/models/vqgan.py).
+      encoder='resnet',
+      patch_mlp_width=128,
+      patch_mlp_depth=2,
   ))
   # 'shapes': scenes of the built-in shapes world rendered on the fly; 'folder': every image
   # under data.dir (recursively), the last data.num_eval files (sorted) held out for evaluation.

@@ -175,3 +175,32 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   assert {x.dtype for x in jax.tree_util.tree_leaves(params)} == {jnp.dtype(jnp.float32)}
   assert text_logits.dtype == image_logits.dtype == jnp.float32
   assert np.isfinite(text_logits).all() and np.isfinite(image_logits).all()
+
+
+def test_sincos_2d_position_init():
+  config = tiny.get_config().model
+  config.update(dict(image_position_init='sincos2d', image_position_init_scale=0.5))
+  params = nn.unbox(jax.jit(lambda rng: itit.init_params(config, rng, batch=1))(
+      jax.random.PRNGKey(0)))
+  grid, width = config.image_grid, config.width
+  quarter = width // 4
+  frequencies = 1.0 / 10000 ** (np.arange(quarter) / quarter)
+  for name in ('encoder_position', 'image_decoder_position'):
+    table = np.asarray(params[name])
+    assert table.shape == (grid * grid, width)
+    for row, col in [(0, 0), (1, 2), (grid - 1, grid - 1)]:
+      entry = table[row * grid + col]
+      expected = 0.5 * np.concatenate([np.sin(row * frequencies), np.cos(row * frequencies),
+                                       np.sin(col * frequencies), np.cos(col * frequencies)])
+      np.testing.assert_allclose(entry, expected, atol=1e-6)
+  # Same row -> same first half; same column -> same second half.
+  table = np.asarray(params['encoder_position']).reshape(grid, grid, width)
+  np.testing.assert_array_equal(table[2, 0, :width // 2], table[2, 3, :width // 2])
+  np.testing.assert_array_equal(table[0, 1, width // 2:], table[3, 1, width // 2:])
+
+
+def test_unknown_position_init_is_refused():
+  config = tiny.get_config().model
+  config.image_position_init = 'rope'
+  with pytest.raises(ValueError, match="image_position_init must be 'normal' or 'sincos2d'"):
+    itit.init_params(config, jax.random.PRNGKey(0), batch=1)

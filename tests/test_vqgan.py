@@ -229,3 +229,44 @@ def test_tokenizer_fn_chunks_and_pads_and_saved_tokenizer_round_trips(small_chec
   os.remove(blob)
   with pytest.raises(FileNotFoundError, match='train a tokenizer'):
     vqgan.load_tokenizer(str(tmp_path))
+
+
+def test_patch_mlp_encoder_tokens_depend_only_on_their_patch():
+  config = ml_collections.ConfigDict(dict(SMALL, encoder='patch_mlp', patch_mlp_width=8,
+                                          patch_mlp_depth=2))
+  params = vqgan.init_params(config, jax.random.PRNGKey(0))
+  # 8x8 images, one downsampling: 4x4 tokens of 2x2-pixel patches; MLP 12 -> 8 -> 8 -> 4.
+  assert flat_shapes(params['encoder']) == {
+      'Dense_0/kernel': (12, 8), 'Dense_0/bias': (8,), 'Dense_1/kernel': (8, 8),
+      'Dense_1/bias': (8,), 'Dense_2/kernel': (8, 4), 'Dense_2/bias': (4,)}
+  rng = np.random.default_rng(0)
+  images = rng.random((3, 8, 8, 3)).astype(np.float32)
+  features = np.asarray(vqgan.VQGAN(config).apply({'params': params}, jnp.asarray(images),
+                                                  method=lambda m, x: m.encoder(x)))
+  # Each feature is the MLP of its own patch, flattened row-major as (row, col, channel).
+  p = params['encoder']
+  patch = images[1, 2:4, 4:6].reshape(-1)
+  h = jax.nn.swish(patch @ p['Dense_0']['kernel'] + p['Dense_0']['bias'])
+  h = jax.nn.swish(h @ p['Dense_1']['kernel'] + p['Dense_1']['bias'])
+  np.testing.assert_allclose(features[1, 1, 2], h @ p['Dense_2']['kernel'] + p['Dense_2']['bias'],
+                             rtol=1e-5, atol=1e-6)
+  # Changing one patch changes that token's feature only; equal patches give equal features.
+  edited = images.copy()
+  edited[:, 6:8, 0:2] = 0.0
+  edited_features = np.asarray(vqgan.VQGAN(config).apply(
+      {'params': params}, jnp.asarray(edited), method=lambda m, x: m.encoder(x)))
+  changed = np.any(edited_features != features, axis=-1)
+  expected = np.zeros((3, 4, 4), bool)
+  expected[:, 3, 0] = True
+  np.testing.assert_array_equal(changed, expected)
+  plain = np.full((1, 8, 8, 3), 0.3, np.float32)
+  tokens = np.asarray(vqgan.encode(params, plain, config))
+  assert len(np.unique(tokens)) == 1
+  decoded = vqgan.decode(params, tokens, config)
+  assert decoded.shape == (1, 8, 8, 3)
+
+
+def test_unknown_encoder_kind_is_refused():
+  config = ml_collections.ConfigDict(dict(SMALL, encoder='vit'))
+  with pytest.raises(ValueError, match="model.encoder must be 'resnet'"):
+    vqgan.init_params(config, jax.random.PRNGKey(0))

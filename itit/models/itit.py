@@ -97,8 +97,18 @@ class ITIT(nn.Module):
     self.encoder_image_embedding = param(
         'encoder_image_embedding', (c.image_vocab_size, width), ('image_vocab', 'embed'))
     self.encoder_mask_embedding = param('encoder_mask_embedding', (width,), ('embed',))
+    # Image position tables: 'normal' (learned from N(0, 0.02)) or 'sincos2d' (MAE's 2D sin-cos,
+    # still trained, scaled by position_init_scale), which gives row and column from step 0.
+    position_kind = c.get('image_position_init', 'normal')
+    if position_kind == 'sincos2d':
+      position_init = layers.sincos_2d_init(c.image_grid, c.get('image_position_init_scale', 1.0))
+    elif position_kind == 'normal':
+      position_init = embed_init
+    else:
+      raise ValueError(f"model.image_position_init must be 'normal' or 'sincos2d', got "
+                       f'{position_kind!r}')
     self.encoder_position = param(
-        'encoder_position', (self.num_image_tokens, width), ('position', 'embed'))
+        'encoder_position', (self.num_image_tokens, width), ('position', 'embed'), position_init)
     self.encoder_text_projection = dense(width, 'encoder_text_projection')
     self.encoder = layers.Stack(c.depth, c.num_heads, c.mlp_dim, c.dropout, impl, self.dtype,
                                 name='encoder', **stack_options)
@@ -121,7 +131,8 @@ class ITIT(nn.Module):
     self.image_decoder_mask_embedding = param('image_decoder_mask_embedding', (width,),
                                               ('embed',))
     self.image_decoder_position = param(
-        'image_decoder_position', (self.num_image_tokens, width), ('position', 'embed'))
+        'image_decoder_position', (self.num_image_tokens, width), ('position', 'embed'),
+        position_init)
     self.image_decoder = layers.Stack(c.image_decoder_depth, c.num_heads, c.mlp_dim, c.dropout,
                                       impl, self.dtype, name='image_decoder', **stack_options)
     self.image_decoder_head = dense(width, 'image_decoder_head')

@@ -31,6 +31,32 @@ def param_init(init, axes):
   return nn.with_logical_partitioning(init, axes)
 
 
+def sincos_2d_init(grid: int, scale: float = 1.0):
+  """Initializer of a [grid * grid, width] position table: MAE's fixed 2D sin-cos embedding.
+
+  The first half of the width encodes the row, the second the column, each as sin and cos
+  pairs at geometric frequencies 1 / 10000^(k / (width / 4)). `scale` multiplies the table
+  (1.0: entries in [-1, 1], per-entry RMS ~0.71). The table stays a trainable parameter.
+  """
+
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    length, width = shape
+    if length != grid * grid or width % 4:
+      raise ValueError(f'sincos_2d_init: table {shape} is not [{grid}*{grid}, 4k]')
+    frequencies = 1.0 / 10000 ** (jnp.arange(width // 4) / (width // 4))
+    rows, cols = jnp.meshgrid(jnp.arange(grid), jnp.arange(grid), indexing='ij')
+
+    def encode(coordinate):
+      angles = coordinate.reshape(-1, 1) * frequencies[None]
+      return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)
+
+    table = jnp.concatenate([encode(rows), encode(cols)], axis=1)
+    return (scale * table).astype(dtype)
+
+  return init
+
+
 def constrain(x):
   """Logical sharding constraint on a main activation [batch, length, embed]."""
   return nn.with_logical_constraint(x, ACTIVATION_AXES)

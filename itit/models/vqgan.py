@@ -14,7 +14,8 @@ followed by a 3x3 conv, bias-free res-block convs.
 
 The model section of a config (`config.model`, or the ConfigDict itself) holds: image_size,
 filters, channel_multipliers, num_res_blocks, embedding_dim, codebook_size, norm_groups,
-commitment_cost.
+commitment_cost; optionally encoder ('resnet', the default, or 'patch_mlp': per-patch tokens,
+see `PatchEncoder`) with patch_mlp_width and patch_mlp_depth.
 """
 import functools
 import hashlib
@@ -99,6 +100,29 @@ class Encoder(nn.Module):
     return nn.Conv(cfg.embedding_dim, (1, 1))(x)
 
 
+class PatchEncoder(nn.Module):
+  """Images [B, H, W, 3] -> features [B, h, w, embedding_dim], each from its own patch only.
+
+  The image is cut into (H/h)^2-pixel patches and one MLP (`patch_mlp_depth` hidden layers of
+  `patch_mlp_width`, swish, no normalisation) maps each patch to its feature, so a token depends
+  on nothing outside its patch: equal patches get equal tokens (a plain background is one code)
+  and an object's tokens do not change with the rest of the scene. The decoder is unchanged.
+  """
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, images):
+    cfg = self.config
+    b, height, width, c = images.shape
+    side = grid_size(cfg)
+    patch = height // side
+    x = images.reshape(b, side, patch, side, patch, c).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b, side, side, patch * patch * c)
+    for _ in range(cfg.patch_mlp_depth):
+      x = nn.swish(nn.Dense(cfg.patch_mlp_width)(x))
+    return nn.Dense(cfg.embedding_dim)(x)
+
+
 class Decoder(nn.Module):
   """Quantized features [B, h, w, embedding_dim] -> images [B, H, W, 3] (unclipped)."""
   config: ml_collections.ConfigDict
@@ -165,7 +189,10 @@ class VQGAN(nn.Module):
 
   def setup(self):
     cfg = model_config(self.config)
-    self.encoder = Encoder(cfg)
+    kind = cfg.get('encoder', 'resnet')
+    if kind not in ('resnet', 'patch_mlp'):
+      raise ValueError(f"model.encoder must be 'resnet' (MaskGIT's) or 'patch_mlp', got {kind!r}")
+    self.encoder = Encoder(cfg) if kind == 'resnet' else PatchEncoder(cfg)
     self.decoder = Decoder(cfg)
     self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.commitment_cost)
 
