@@ -3,9 +3,11 @@
 `itit.sampling` and `itit.sampling_text` know nothing of the model; this module supplies them
 with the model as functions. Every sampler is one jitted function over (params, inputs, rng).
 
-Inference never drops image tokens from the encoder (`num_dropped=0`): dropping assumes at least
-`num_dropped` masked tokens, which stops being true as decoding fills the image in (MAGE does the
-same).
+Inference never removes image tokens from the encoder's sequence (`num_dropped=0`): removal
+assumes at least `num_dropped` masked tokens, which stops being true as decoding fills the image
+in. By default (MAGE's choice) every masked token then enters the encoder as [MASK];
+`train_matched_drop=True` instead hides up to `model.num_dropped` masked tokens from attention
+(`ITIT.encode(drop_up_to=...)`), which is what training showed the encoder and image decoder.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def _apply(model, params, method, *args, **kwargs):
   return model.apply({'params': params}, *args, deterministic=True, method=method, **kwargs)
 
 
-def image_logits_fn(model: ITIT, params, text_features, text_mask, guidance_scale: float):
+def image_logits_fn(model: ITIT, params, text_features, text_mask, guidance_scale: float,
+                    train_matched_drop: bool = False):
   """logits_fn for `sampling.parallel_decode`: conditional and unconditional logits.
 
   Both come from ONE encoder + image-decoder pass over a 2B batch: the prompts' text features
@@ -35,8 +38,10 @@ def image_logits_fn(model: ITIT, params, text_features, text_mask, guidance_scal
 
   Args:
     text_features: [B, L, D_text] of the prompts; text_mask: [B, L] bool.
+    train_matched_drop: hide up to model.num_dropped masked tokens from the encoder (see above).
   """
   batch, length = text_mask.shape
+  drop = dict(drop_up_to=model.config.num_dropped) if train_matched_drop else {}
   if guidance_scale:
     empty_features, empty_mask = _apply(model, params, ITIT.empty_text, batch, length)
     both_features = jnp.concatenate([text_features, empty_features.astype(text_features.dtype)])
@@ -47,10 +52,11 @@ def image_logits_fn(model: ITIT, params, text_features, text_mask, guidance_scal
     known_tokens = jnp.where(unknown, 0, tokens)
     if not guidance_scale:
       encoded = _apply(model, params, ITIT.encode, known_tokens, unknown, text_features,
-                       text_mask, num_dropped=0)
+                       text_mask, num_dropped=0, **drop)
       return _apply(model, params, ITIT.decode_image, encoded), None
     encoded = _apply(model, params, ITIT.encode, jnp.concatenate([known_tokens] * 2),
-                     jnp.concatenate([unknown] * 2), both_features, both_mask, num_dropped=0)
+                     jnp.concatenate([unknown] * 2), both_features, both_mask, num_dropped=0,
+                     **drop)
     logits = _apply(model, params, ITIT.decode_image, encoded)
     return logits[:batch], logits[batch:]
 
@@ -60,7 +66,8 @@ def image_logits_fn(model: ITIT, params, text_features, text_mask, guidance_scal
 def generate_images(params, text_ids, rng, *, model: ITIT, num_steps: int = 24,
                     guidance_scale: float = 2.0, temperature: float = 32.0,
                     sample_temperature: float = 1.0, top_k: int | None = None,
-                    top_p: float | None = None, return_history: bool = False):
+                    top_p: float | None = None, return_history: bool = False,
+                    train_matched_drop: bool = False):
   """Text ids [B, L] -> image tokens [B, N] by Muse-style parallel decoding (paper app. B).
 
   Defaults are the paper's: 24 steps, guidance tau = 2.0, confidence-noise temperature 32.
@@ -68,7 +75,8 @@ def generate_images(params, text_ids, rng, *, model: ITIT, num_steps: int = 24,
   c = model.config
   text_mask = text_ids != 0
   text_features = _apply(model, params, ITIT.encode_text, text_ids)
-  logits_fn = image_logits_fn(model, params, text_features, text_mask, guidance_scale)
+  logits_fn = image_logits_fn(model, params, text_features, text_mask, guidance_scale,
+                              train_matched_drop)
   return sampling.parallel_decode(
       rng, logits_fn, batch_size=text_ids.shape[0], num_tokens=c.image_grid ** 2,
       mask_token_id=c.image_vocab_size, num_steps=num_steps, guidance_scale=guidance_scale,

@@ -129,6 +129,10 @@ def test_settings_merge_in_order_and_check_types():
   config = evaluators.merged_config(run_block, {'coco': {'split': 'val'}, 'guidance_scale': 1})
   assert (config.num_examples, config.coco.beam_size, config.coco.split) == (64, 2, 'val')
   assert config.guidance_scale == 1.0 and config.coco_fid.num_pairs == 30000
+  # The T2I sampler's distribution settings default to MaskGIT's plain sampling.
+  assert (config.sample_temperature, config.top_k, config.train_matched_drop) == (1.0, 0, False)
+  sampler = evaluators.merged_config(None, {'top_k': 3, 'train_matched_drop': True})
+  assert (sampler.top_k, sampler.train_matched_drop) == (3, True)
   assert evaluators.training_names(config) == ['shapes']
   assert evaluators.training_names(evaluators.merged_config({'evaluators': 'cycle, shapes'})) == [
       'cycle', 'shapes']

@@ -81,6 +81,14 @@ def test_parallel_decoding_fills_every_token(setup):
   unguided = generate.generate_images(params, text_ids, jax.random.PRNGKey(0), model=model,
                                       num_steps=4, guidance_scale=0.0)
   assert unguided.shape == (2, 16)
+  # Training-matched dropping follows the same schedule and fills every token, but the encoder
+  # sees fewer [MASK] rows, so the logits (and here the samples) differ.
+  matched, matched_history = jax.jit(functools.partial(
+      generate.generate_images, model=model, num_steps=4, return_history=True,
+      train_matched_drop=True))(params, text_ids, jax.random.PRNGKey(0))
+  np.testing.assert_array_equal((np.asarray(matched_history) == vocab).sum(-1), masked_per_step)
+  assert np.all((np.asarray(matched) >= 0) & (np.asarray(matched) < vocab))
+  assert not np.array_equal(np.asarray(matched), np.asarray(tokens))
 
 
 def test_cycle_chain(setup):

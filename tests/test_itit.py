@@ -204,3 +204,29 @@ def test_unknown_position_init_is_refused():
   config.image_position_init = 'rope'
   with pytest.raises(ValueError, match="image_position_init must be 'normal' or 'sincos2d'"):
     itit.init_params(config, jax.random.PRNGKey(0), batch=1)
+
+
+def test_drop_up_to_matches_training_drop_and_hides_every_masked_token_of_a_sparse_mask(setup):
+  c = setup['config']
+  n = c.image_grid ** 2
+  # Dense mask (11 masked >= num_dropped): the same tokens hidden, the same decoder logits as
+  # training's drop of num_dropped masked tokens.
+  assert setup['mask'].sum(-1).min() >= c.num_dropped
+  matched = _encode(setup, num_dropped=0, drop_up_to=c.num_dropped)
+  trained = _encode(setup, mask_dropped_in_attention=True)
+  np.testing.assert_array_equal(matched.valid, trained.valid)
+  np.testing.assert_allclose(matched.features, trained.features, atol=1e-6)
+  np.testing.assert_allclose(setup['apply'](ITIT.decode_image, matched),
+                             setup['apply'](ITIT.decode_image, trained), atol=1e-6)
+  # Sparse mask (2 masked < num_dropped): exactly the masked tokens are hidden.
+  sparse = jnp.zeros((B, n), bool).at[:, jnp.array([3, 7])].set(True)
+  features = setup['apply'](ITIT.encode_text, setup['text_ids'])
+  encoded = setup['apply'](ITIT.encode, setup['image_tokens'], sparse, features,
+                           setup['text_ids'] != 0, num_dropped=0, drop_up_to=c.num_dropped)
+  np.testing.assert_array_equal(encoded.valid[:, :n], ~sparse)
+  plain = setup['apply'](ITIT.encode, setup['image_tokens'], sparse, features,
+                         setup['text_ids'] != 0, num_dropped=0)
+  assert plain.valid[:, :n].all()
+  assert not np.allclose(plain.features[:, :n], encoded.features[:, :n])
+  with pytest.raises(ValueError, match='drop_up_to needs num_dropped=0'):
+    _encode(setup, drop_up_to=c.num_dropped)

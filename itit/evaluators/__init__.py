@@ -11,6 +11,11 @@ Settings (`default_config`; a run's `eval` block and command-line overrides are 
   num_examples, batch_size, beam_size, num_steps, guidance_scale, temperature
                          shapes and cycle: pairs evaluated, batch, captioning beam (1 = greedy),
                          parallel-decoding steps, guidance tau, confidence-noise temperature
+  sample_temperature, top_k
+                         shapes and cycle: the T2I sampling distribution's temperature and
+                         top-k filter (0 = off); 1.0 and 0 are MaskGIT's plain sampling
+  train_matched_drop     shapes and cycle: T2I hides up to model.num_dropped masked tokens from
+                         the encoder, as training does (generate.generate_images)
   shapes_splits          shapes: comma list of split folders ('test' = data.test)
   cycle_split            cycle: the split whose pairs make the round trips
   inception, inception_batch_size
@@ -49,6 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
       num_steps=24,
       guidance_scale=2.0,
       temperature=32.0,
+      sample_temperature=1.0,
+      top_k=0,
+      train_matched_drop=False,
       shapes_splits='test,heldout_test',
       cycle_split='test',
       inception='',

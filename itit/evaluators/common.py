@@ -68,7 +68,10 @@ class EvalContext:
     self.detokenize = vqgan.detokenizer_fn(self.vq_params, self.vq_config, batch_size)
     self.image_kwargs = dict(num_steps=eval_config.num_steps,
                              guidance_scale=eval_config.guidance_scale,
-                             temperature=eval_config.temperature)
+                             temperature=eval_config.temperature,
+                             sample_temperature=eval_config.get('sample_temperature', 1.0),
+                             top_k=eval_config.get('top_k', 0) or None,
+                             train_matched_drop=eval_config.get('train_matched_drop', False))
     self._captioners = {}
     self._image_sampler = None
     self._per_example_sampler = None

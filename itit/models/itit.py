@@ -174,7 +174,8 @@ class ITIT(nn.Module):
     return jnp.einsum('bnk,kd->bnd', image_tokens.astype(self.dtype), table)
 
   def encode(self, image_tokens, mask, text_features=None, text_mask=None, *, deterministic,
-             num_dropped: Optional[int] = None, mask_dropped_in_attention: bool = False):
+             num_dropped: Optional[int] = None, mask_dropped_in_attention: bool = False,
+             drop_up_to: int = 0):
     """Joint encoder over [kept image tokens ; projected text features].
 
     Args:
@@ -188,6 +189,9 @@ class ITIT(nn.Module):
         than num_dropped / N).
       mask_dropped_in_attention: keep dropped tokens in the sequence but hide them from attention
         (a reference for tests: the kept rows match the dropping path).
+      drop_up_to: static; with num_dropped=0 (inference), hide up to this many masked tokens from
+        attention, however sparse the mask, so that the encoder and the image decoder see what
+        training showed them (at most N - num_dropped image rows, the rest the decoder's [MASK]).
     Returns:
       EncoderOutput with features [B, N - num_dropped + L, D] (N + L with the variant).
     """
@@ -208,8 +212,13 @@ class ITIT(nn.Module):
       priority = jnp.asarray(masking.fixed_drop_priority(num_tokens))[None]
     else:
       priority = jax.random.uniform(self.make_rng('dropout'), (batch, num_tokens))
-    dropped = masking.choose_dropped(mask, num_dropped, priority)
-    if mask_dropped_in_attention:
+    if drop_up_to:
+      if num_dropped:
+        raise ValueError('encode: drop_up_to needs num_dropped=0 (it is the inference variant)')
+      dropped = masking.choose_dropped(mask, drop_up_to, priority) & mask
+    else:
+      dropped = masking.choose_dropped(mask, num_dropped, priority)
+    if mask_dropped_in_attention or drop_up_to:
       positions = jnp.broadcast_to(jnp.arange(num_tokens, dtype=jnp.int32), (batch, num_tokens))
       image_valid = ~dropped
     else:
