@@ -1,7 +1,10 @@
 """VQGAN tokenizer for the built-in shapes world: 32x32 images -> 8x8 = 64 tokens.
 
-MaskGIT's layout, shrunk to train on a laptop CPU; no adversarial or perceptual loss (the
-exact-scene evaluation needs sharp colours and edges, which L1 + L2 already give here).
+MaskGIT's decoder, shrunk to train on a laptop CPU, behind a per-patch MLP encoder (each token
+depends on its own 4x4 patch only: a plain background is one code, and an object's tokens do not
+change with the rest of the scene; ITIT captions far better from such tokens, docs/SHAPES.md).
+`--config.model.encoder=resnet` gives MaskGIT's CNN encoder. No adversarial or perceptual loss
+(the exact-scene evaluation needs sharp colours and edges, which L1 + L2 already give here).
 
   python -m itit.train_tokenizer --config=configs/vqgan_shapes.py --workdir=DIR
   python -m itit.train_tokenizer --config=configs/vqgan_shapes.py:quick --workdir=DIR  # ~3 min
@@ -26,6 +29,9 @@ def get_config(arg=None):
       # faster than 512 (docs/SHAPES.md); still 100% exact reconstructions.
       codebook_size=128,
       norm_groups=8,
+      encoder='patch_mlp',
+      patch_mlp_width=128,
+      patch_mlp_depth=2,
   ))
   config.data.update(dict(source='shapes', num_eval=1000))
   config.optimizer.update(dict(lr=2e-3, b1=0.9, b2=0.99, warmup_steps=50, schedule='cosine'))
