@@ -36,9 +36,10 @@ def get_config(arg=None):
   config.data.update(dict(source='shapes', num_eval=1000))
   config.optimizer.update(dict(lr=2e-3, b1=0.9, b2=0.99, warmup_steps=50, schedule='cosine'))
   config.loss.update(dict(l1_weight=1.0, l2_weight=1.0, adversarial_weight=0.0))
-  # Error-weighted restarts: 72% of the world's 4x4 patches are plain background; uniform
-  # restarts split it into hundreds of context-dependent codes (a blank area's tokens then look
-  # random to ITIT, whose masked-token accuracy stayed near 14%).
+  # Error-weighted restarts: 72% of the world's 4x4 patches are plain background; with the CNN
+  # encoder, uniform restarts split it into hundreds of context-dependent codes (a blank area's
+  # tokens then look random to ITIT, whose masked-token accuracy stayed near 14%); they also
+  # spend dead codes where reconstruction is worst, i.e. on object edges.
   config.codebook.update(dict(ema_decay=0.9, restart_every=20, restart_min_count=1,
                               restart_until=0.8, restart_sampling='error'))
   config.log_every = 50
