@@ -69,9 +69,9 @@ class EvalContext:
     self.image_kwargs = dict(num_steps=eval_config.num_steps,
                              guidance_scale=eval_config.guidance_scale,
                              temperature=eval_config.temperature,
-                             sample_temperature=eval_config.get('sample_temperature', 1.0),
-                             top_k=eval_config.get('top_k', 0) or None,
-                             train_matched_drop=eval_config.get('train_matched_drop', False))
+                             sample_temperature=eval_config.sample_temperature,
+                             top_k=eval_config.top_k or None,
+                             train_matched_drop=eval_config.train_matched_drop)
     self._captioners = {}
     self._image_sampler = None
     self._per_example_sampler = None
