@@ -150,6 +150,9 @@ def test_runs_resume_and_never_touch_finished_cells(script, tmp_path):
   args = ['--out', str(out), '--quick', '--vqgan', str(vqgan)]
   assert script.main(args, runner=fake, log=quiet) == 0
   assert fake.trained() == ['row14-seed1', 'all_paired-seed1']
+  # The chains are drawn as soon as rows 3 and 14 are finished, before the runs after them.
+  modules = [c[2] if c[1] == '-m' else os.path.basename(c[1]) for c in fake.commands]
+  assert modules[-4:] == ['itit.train', 'itit.sample', 'itit.sample', 'itit.train']
   assert not any('itit.train_tokenizer' in c for c in fake.commands)  # --vqgan reuses one
   assert json.loads(kept.read_text()) == finished
   row14 = json.loads((out / 'cells' / 'row14-seed1.json').read_text())
