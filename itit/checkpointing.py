@@ -102,6 +102,17 @@ def load_params(workdir: str, step: int | None = None) -> tuple[Any, int]:
   return restored['state']['params'], step
 
 
+def all_steps(workdir: str) -> list[int]:
+  """The steps of a training workdir's kept checkpoints, ascending ([] when it has none)."""
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  manager = ocp.CheckpointManager(directory)
+  steps = sorted(manager.all_steps())
+  manager.close()
+  return steps
+
+
 def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   """'encoder/block_0/mlp/kernel' -> shape, for every array of a nested-dict tree."""
   shapes = {}

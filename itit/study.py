@@ -266,6 +266,24 @@ def eta_seconds(remaining_estimates, finished_estimates, finished_seconds) -> fl
   return scale * sum(remaining_estimates)
 
 
+def budget_changes(saved: dict | None, budget: dict) -> list[str]:
+  """'key: saved -> now' for each field of a study's recorded budget that differs (none when
+  nothing was recorded); compared as JSON, as study.json stores it. The ETA prior ('estimate')
+  changes no result and is not compared."""
+  if saved is None:
+    return []
+  now = json.loads(json.dumps(budget))
+  changes = []
+  for section in sorted((set(saved) | set(now)) - {'estimate'}):
+    old, new = saved.get(section), now.get(section)
+    if isinstance(old, dict) and isinstance(new, dict):
+      changes += [f'{section}.{k}: {old.get(k)!r} -> {new.get(k)!r}'
+                  for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    elif old != new:
+      changes.append(f'{section}: {old!r} -> {new!r}')
+  return changes
+
+
 def read_json(path: str) -> dict:
   with open(path) as f:
     return json.load(f)

@@ -66,8 +66,7 @@ def part_grads(grads):
   """Gradient leaves grouped by model part (itit.PARTS): part -> flat float array."""
   parts = {p: [] for p in itit.PARTS}
   for name, subtree in grads.items():
-    part = next(p for p in itit.PARTS if name.startswith(p))
-    parts[part] += [np.ravel(x) for x in jax.tree.leaves(subtree)]
+    parts[itit.part_of(name)] += [np.ravel(x) for x in jax.tree.leaves(subtree)]
   return {p: np.concatenate(v) for p, v in parts.items()}
 
 

@@ -235,3 +235,22 @@ def test_eta_scales_the_prior_by_measured_time():
   assert study.format_duration(3725) == '1h02m' and study.format_duration(65) == '1m05s'
   assert study.mean_std([1.0]) == (1.0, 0.0)
   assert study.mean_std([1.0, 3.0]) == pytest.approx((2.0, np.sqrt(2.0)))
+
+
+def test_a_changed_budget_is_refused_not_mixed(script, tmp_path):
+  out, vqgan = tmp_path / 'out', tmp_path / 'vqgan'
+  vqgan.mkdir()
+  args = ['--out', str(out), '--quick', '--vqgan', str(vqgan), '--cells', 'row3']
+  assert script.main(args, runner=FakeCLIs(), log=quiet) == 0
+  meta_path = out / 'study.json'
+  meta = json.loads(meta_path.read_text())
+  meta['budget']['train']['total_steps'] = 30
+  meta['budget']['estimate'] = {'overhead_s': 1.0}  # the ETA prior may change freely
+  meta_path.write_text(json.dumps(meta))
+  fake, lines = FakeCLIs(), []
+  assert script.main(args, runner=fake, log=lines.append) == 1
+  assert fake.commands == []
+  assert 'train.total_steps: 30 -> 60' in lines[-1] and 'estimate' not in lines[-1]
+  budget = script.BUDGETS['quick']
+  assert study.budget_changes(None, budget) == []
+  assert study.budget_changes(json.loads(json.dumps(budget)), budget) == []

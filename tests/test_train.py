@@ -9,6 +9,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
+from itit import checkpointing
+from itit import loss_gradients
 from itit import train
 from itit.data import shapes
 from itit.data import shards
@@ -84,6 +86,12 @@ def test_trains_logs_and_evaluates(data_dir, tmp_path):
   assert lines[-1]['eval/i2t/i2t_token_accuracy'] == results['i2t/i2t_token_accuracy']
   assert os.path.isfile(os.path.join(workdir, 'eval.json'))
   assert final_params(workdir)[0] == 6
+  # The per-loss gradient diagnostic reads the run's kept checkpoints and training batches.
+  assert checkpointing.all_steps(workdir) == [3, 6]
+  rows = loss_gradients.run_summaries(workdir, [3, 6], num_batches=1, log=lambda _: None)
+  assert [r['step'] for r in rows] == [3, 6] and rows[0]['losses'] == ['i2t', 't2i']
+  assert all(0 < r[f'{n}/norm'] < np.inf for r in rows for n in ('i2t', 't2i'))
+  assert rows[0]['i2t/norm'] != rows[1]['i2t/norm']  # other parameters, same batch
 
 
 def test_resume_is_bitwise(data_dir, tmp_path):

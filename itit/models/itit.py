@@ -328,6 +328,14 @@ def init_params(model_config, rng, batch=1):
 PARTS = ('text_encoder', 'text_decoder', 'image_decoder', 'encoder')
 
 
+def part_of(module_name: str) -> str:
+  """The part (PARTS) a top-level parameter module belongs to, by its name's prefix."""
+  part = next((p for p in PARTS if module_name.startswith(p)), None)
+  if part is None:
+    raise ValueError(f'parameter module {module_name!r} belongs to none of {PARTS}')
+  return part
+
+
 def count_params(config):
   """Parameter counts per part and in total, from shapes only (`jax.eval_shape`).
 
@@ -341,8 +349,8 @@ def count_params(config):
   shapes = nn.unbox(shapes)
   counts = dict.fromkeys(PARTS, 0)
   for name, subtree in shapes.items():
-    part = next(p for p in PARTS if name.startswith(p))
-    counts[part] += sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(subtree))
+    counts[part_of(name)] += sum(int(np.prod(x.shape))
+                                 for x in jax.tree_util.tree_leaves(subtree))
   counts['total'] = sum(counts[p] for p in PARTS)
   counts['total_without_text_encoder'] = counts['total'] - counts['text_encoder']
   return counts
