@@ -369,13 +369,18 @@ def scaling_series(cells, results, metric: str) -> dict[str, list[tuple[int, flo
 
 
 def scaling_plot(cells, results, path: str) -> str:
-  """OUT/scaling.png: caption and T2I exact-scene accuracy against the extra scenes."""
+  """OUT/scaling.png: caption and T2I accuracy against the extra scenes: exact scenes (top) and
+  graded figures (bottom: teacher-forced caption tokens, T2I colour), which still move at
+  budgets where exact scenes are rare."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   panels = (('i2t_exact', 'captioning: exact-scene accuracy %'),
-            ('t2i_exact', 'T2I: exact-scene accuracy %'))
-  figure, axes = plt.subplots(1, len(panels), figsize=(11, 4.2))
+            ('t2i_exact', 'T2I: exact-scene accuracy %'),
+            ('i2t_tf_valid_accuracy', 'captioning: teacher-forced valid-token accuracy %'),
+            ('t2i_color', 'T2I: objects of the right colour %'))
+  figure, axes = plt.subplots(2, 2, figsize=(11, 8.4))
+  axes = axes.ravel()
   for ax, (metric, title) in zip(axes, panels):
     for split, style in (('shapes', '-'), ('shapes_heldout_test', ':')):
       series = scaling_series(cells, results, f'{split}/{metric}')

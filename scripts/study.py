@@ -274,10 +274,15 @@ def write_report(cells, paths) -> str:
            f'{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}; '
            f'{len(runs)} runs, {sum(r["seconds"] for r in runs) / 60:.0f} min of training and '
            'evaluation (runs timed across a resume count their last part only).', '',
+           f'Status: {len(runs)} of the plan\'s {sum(c.seeds for c in cells)} runs are finished'
+           + ('.' if len(runs) >= sum(c.seeds for c in cells) else
+              '; re-running the command continues the study where it stopped.'), '',
            '- [table2.md](table2.md): the table', '- [scaling.png](scaling.png): the scaling curve',
            '- [cells/](cells/): every run\'s metrics, command and time']
   if os.path.isfile(os.path.join(paths.out, 'cycle_chain.png')):
     lines.append('- [cycle_chain.png](cycle_chain.png): T→I→T→I chains, row 3 vs row 14')
+  if os.path.isfile(os.path.join(paths.out, 'ANALYSIS.md')):  # written by hand, kept
+    lines.append('- [ANALYSIS.md](ANALYSIS.md): what the results say, and the diagnostics')
   lines += ['', table.split('\n', 2)[2], '![scaling](scaling.png)', '']
   if os.path.isfile(os.path.join(paths.out, 'cycle_chain.png')):
     lines += ['![cycle chains](cycle_chain.png)', '',

@@ -227,6 +227,10 @@ def test_report_table_and_scaling_plot(script, tmp_path):
   text = open(readme).read()
   assert '[table2.md](table2.md)' in text and '[scaling.png](scaling.png)' in text
   assert re.search(r'Machine: .*, \d+ CPUs; ', text) and '60.0 ± 14.1' in text
+  assert 'Status: 7 of the plan\'s 29 runs are finished; re-running' in text
+  assert 'ANALYSIS.md' not in text
+  (out / 'ANALYSIS.md').write_text('# by hand')
+  assert '[ANALYSIS.md](ANALYSIS.md)' in open(script.write_report(cells, paths)).read()
 
 
 def test_eta_scales_the_prior_by_measured_time():
