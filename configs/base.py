@@ -107,6 +107,10 @@ def get_config(arg=None):
       gumbel_strength=1.0,  # Gumbel noise scale in T2I2T's straight-through; 0 = plain argmax
       # Stop the gradient after the encoder's first forward pass in each cycle (appendix B).
       stop_first_encoder_grad=True,
+      # Not in the paper (0: cycles from the first step): the cycle losses join at this step,
+      # the steps before it train on the other losses only and skip the synthesis. For short
+      # runs, whose early pseudo pairs are noise (docs/results/ANALYSIS.md).
+      start_step=0,
   ))
   config.optimizer = ml_collections.ConfigDict(dict(
       name='adafactor',

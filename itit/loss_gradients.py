@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from itit import checkpointing
+from itit import errors
 from itit import evaluate
 from itit import train
 from itit import train_data
@@ -103,8 +104,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 def define_flags() -> None:
-  """Defined only when run as a program (itit.train also defines --workdir)."""
-  flags.DEFINE_string('workdir', None, 'An itit.train workdir (config.json + checkpoints/).')
+  """Defined only when run as a program; --workdir is shared with itit.train, imported here."""
+  errors.string_flag('workdir', 'An itit.train workdir (config.json + checkpoints/).')
   flags.DEFINE_integer('batches', 4, 'Training batches averaged per checkpoint.')
   flags.DEFINE_string('out', None, 'JSON file for the figures; default: print only.')
 

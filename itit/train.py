@@ -113,12 +113,17 @@ def full_params(params, frozen):
   return params if frozen is None else t5_loader.merge(params, frozen)
 
 
+# The losses that train on pseudo pairs the model makes itself (eqs. 3-4, full or half).
+CYCLE_LOSSES = ('t2i2t', 'i2t2i')
+
+
 def train_step(state: TrainState, batch: Mapping[str, Any], frozen=None, *, loss_fns, tx,
-               schedule, nan_policy: str) -> tuple[TrainState, dict]:
+               schedule, nan_policy: str, cycle_start_step: int = 0) -> tuple[TrainState, dict]:
   """One update: the enabled losses summed with equal weights (the paper's eqs. 1-4).
 
   `frozen` (the pretrained T5 encoder's parameters, or None) is an input, not state: it gets no
-  gradient, no optimizer state and no checkpoint.
+  gradient, no optimizer state and no checkpoint. Before `cycle_start_step` the cycle losses
+  (CYCLE_LOSSES) are skipped, synthesis included (`lax.cond`), and count 0 with 0 metrics.
   """
   rng, step_rng = jax.random.split(state.rng)
 
@@ -126,7 +131,14 @@ def train_step(state: TrainState, batch: Mapping[str, Any], frozen=None, *, loss
     total, metrics = 0.0, {}
     params = full_params(params, frozen)
     for name, (stream, fn) in sorted(loss_fns.items()):
-      loss, loss_metrics = fn(params, batch[stream], loss_rng(step_rng, name))
+      compute = functools.partial(fn, batch=batch[stream], rng=loss_rng(step_rng, name))
+      if cycle_start_step > 0 and name in CYCLE_LOSSES:
+        skipped = lambda p, compute=compute: jax.tree.map(
+            lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(compute, p))
+        loss, loss_metrics = jax.lax.cond(state.step >= cycle_start_step, compute, skipped,
+                                          params)
+      else:
+        loss, loss_metrics = compute(params)
       total = total + loss
       metrics.update({f'{name}/{k}': v for k, v in loss_metrics.items()})
     return total, metrics
@@ -259,7 +271,8 @@ def jit_train_step(config, loss_fns, tx, schedule, state_shardings):
   """
   return jax.jit(
       functools.partial(train_step, loss_fns=loss_fns, tx=tx, schedule=schedule,
-                        nan_policy=config.nan_policy),
+                        nan_policy=config.nan_policy,
+                        cycle_start_step=config.cycle.get('start_step', 0)),
       out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 

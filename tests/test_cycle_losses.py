@@ -196,3 +196,39 @@ def test_row14_train_step_runs_with_all_losses_finite(setup):
     assert np.isfinite(metrics[key]) and metrics[key] > 0, key
   assert 0.0 <= metrics['i2t2i/pseudo_caption_eos_fraction'] <= 1.0
   assert int(new_state.first_nonfinite_step) == -1 and int(new_state.step) == 1
+
+
+def test_cycle_start_step_skips_the_cycles_until_it_then_trains_all_losses(setup):
+  config, model, params, _, _ = setup
+  rng = np.random.RandomState(1)
+  image_batch = lambda: rng.randint(0, config.model.image_vocab_size, (4, 16)).astype(np.int32)
+  batch = {'paired': {'image_tokens': image_batch(), 'text_ids': TEXTS},
+           'unpaired_image': {'image_tokens': image_batch()},
+           'unpaired_text': {'text_ids': TEXTS[::-1].copy()}}
+  loss_fns = train.make_loss_fns(config, model)
+  paired_only = {k: v for k, v in loss_fns.items() if k not in train.CYCLE_LOSSES}
+  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
+  jit_step = lambda fns, start: jax.jit(functools.partial(
+      train.train_step, loss_fns=fns, tx=tx, schedule=schedule, nan_policy='halt',
+      cycle_start_step=start))
+  state_at = lambda step: train.TrainState(
+      step=jnp.asarray(step, jnp.int32), params=params, opt_state=tx.init(params),
+      rng=jax.random.PRNGKey(0), first_nonfinite_step=jnp.full((), -1, jnp.int32),
+      skipped_steps=jnp.zeros((), jnp.int32))
+  warm_up = jit_step(loss_fns, start=3)  # one program: the step number is data
+  leaves = lambda state: jax.tree.leaves(state.params)
+  before, before_metrics = warm_up(state_at(2), batch)
+  assert before_metrics['t2i2t/t2i2t_loss'] == 0 and before_metrics['i2t2i/i2t2i_loss'] == 0
+  assert before_metrics['i2t2i/pseudo_caption_agreement'] == 0
+  assert before_metrics['t2i/t2i_loss'] > 0
+  reference, reference_metrics = jit_step(paired_only, start=0)(state_at(2), batch)
+  for x, y in zip(leaves(before), leaves(reference)):  # the skipped cycles add nothing
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(before_metrics['l2_grads'], reference_metrics['l2_grads'],
+                             rtol=1e-5)
+  after, after_metrics = warm_up(state_at(3), batch)
+  assert after_metrics['t2i2t/t2i2t_loss'] > 0 and after_metrics['i2t2i/i2t2i_loss'] > 0
+  np.testing.assert_allclose(after_metrics['t2i/t2i_loss'], before_metrics['t2i/t2i_loss'],
+                             rtol=1e-6)  # same batch and keys; only the cycles joined
+  # From the start step the cycles' gradients join the paired ones.
+  assert not np.isclose(after_metrics['l2_grads'], reference_metrics['l2_grads'], rtol=1e-3)
