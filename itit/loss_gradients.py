@@ -19,6 +19,7 @@ from typing import Mapping
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,6 +114,8 @@ def define_flags() -> None:
 def main(argv):
   del argv
   args = flags.FLAGS
+  if not args['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   if not args.workdir:
     raise app.UsageError('--workdir is required')
   steps = checkpointing.all_steps(args.workdir)
