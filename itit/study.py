@@ -67,6 +67,9 @@ class Cell:
   as_pairs: bool  # the extra scenes come as pairs, not as unpaired images / texts
   seeds: int
   what: str
+  # ('config.field', value) pairs set after the budget's: a variant of the row (e.g. a cycle
+  # warm-up), kept off the scaling curve.
+  overrides: tuple[tuple[str, object], ...] = ()
 
   @property
   def dataset(self) -> str:
@@ -86,9 +89,10 @@ class Run:
 def make_cells(table) -> list[Cell]:
   cells = [Cell(*row) for row in table]
   for cell in cells:
-    if cell.row not in base.TABLE2_ROWS or not 0.0 <= cell.extra <= 1.0 or cell.seeds < 1:
+    if cell.row not in base.TABLE2_ROWS or not 0.0 <= cell.extra <= 1.0 or cell.seeds < 1 or (
+        not all(isinstance(o, tuple) and len(o) == 2 for o in cell.overrides)):
       raise ValueError(f'study cell {cell}: row must be one of {sorted(base.TABLE2_ROWS)}, '
-                       'extra in [0, 1] and seeds >= 1')
+                       'extra in [0, 1], seeds >= 1 and overrides (field, value) pairs')
     uses_unpaired = base.TABLE2_ROWS[cell.row][2:] != ('none', 'none')
     if uses_unpaired and (cell.as_pairs or cell.extra == 0):
       raise ValueError(f'study cell {cell.name}: row {cell.row} trains on unpaired data; give it '
@@ -218,6 +222,7 @@ def inception_command(paths: Paths, source: str) -> list[str]:
 def train_overrides(run: Run, paths: Paths, budget, counts, fid: bool) -> dict:
   overrides = {'data.dir': paths.data(run.cell.dataset), 'seed': run.seed}
   overrides.update(budget['train'])
+  overrides.update(dict(run.cell.overrides))
   overrides.update({f'data.max_records.{s}': n for s, n in max_records(run.cell, counts).items()})
   if fid:
     overrides['eval.inception'] = paths.inception
@@ -355,6 +360,8 @@ def scaling_series(cells, results, metric: str) -> dict[str, list[tuple[int, flo
     if not runs:
       continue
     point = (runs[0]['extra_scenes'], *mean_std([r['metrics'][metric] * 100 for r in runs]))
+    if cell.overrides:  # a variant, not a point of the paper's curve
+      continue
     if cell.row == 3 and cell.extra == 0:
       targets = list(series)
     elif cell.row == 14 and not cell.as_pairs:

@@ -34,7 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from itit import study  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The plan: (name, table-2 row, extra = fraction of the non-paired training scenes used,
-# as_pairs = those scenes come as pairs rather than unpaired images / texts, seeds, what).
+# as_pairs = those scenes come as pairs rather than unpaired images / texts, seeds, what[,
+# config overrides of the cell]).
 CELLS = (
     ('row3', 3, 0.0, False, 3, 'pairs only'),
     ('row7', 7, 1.0, False, 3, 'T2T + I2I on unpaired data'),
@@ -42,6 +43,10 @@ CELLS = (
     ('row11', 11, 1.0, False, 3, 'full T2I2T cycle'),
     ('row12', 12, 1.0, False, 3, 'full I2T2I cycle'),
     ('row14', 14, 1.0, False, 3, 'full cycles (ITIT)'),
+    # Not in the paper: the cycles join at step 400 of 800, once the model's pseudo pairs are
+    # better than noise (docs/results/ANALYSIS.md); steps before it are row-3 steps.
+    ('row14_warmup', 14, 1.0, False, 3, 'full cycles from step 400 (cycle warm-up)',
+     (('cycle.start_step', 400),)),
     ('all_paired', 3, 1.0, True, 3, 'upper bound: every training scene as a pair'),
     # Figure 5: more unpaired data for ITIT against the same scenes as pairs (x = 0 is row3,
     # x = all is row14 / all_paired).

@@ -65,15 +65,17 @@ def test_plan_has_the_issue_cells(script):
   table = {name: cells[name].row for name in ('row3', 'row7', 'row10', 'row11', 'row12', 'row14')}
   assert table == dict(row3=3, row7=7, row10=10, row11=11, row12=12, row14=14)
   assert cells['all_paired'].as_pairs and cells['all_paired'].extra == 1.0
-  assert all(cells[n].seeds >= 3 for n in list(table) + ['all_paired'])
-  itit_points = sorted(c.extra for c in cells.values() if c.row == 14 and not c.as_pairs)
+  assert all(cells[n].seeds >= 3 for n in list(table) + ['all_paired', 'row14_warmup'])
+  assert cells['row14_warmup'].row == 14 and cells['row14_warmup'].overrides
+  itit_points = sorted(c.extra for c in cells.values()
+                       if c.row == 14 and not c.as_pairs and not c.overrides)
   pair_points = sorted(c.extra for c in cells.values() if c.as_pairs)
   assert itit_points == pair_points == [0.1, 0.3, 1.0]
   assert all(c.seeds >= 2 for c in cells.values())
   runs = study.plan_runs(list(cells.values()))
-  assert len(runs) == 7 * 3 + 4 * 2 and runs[0].name == 'row3-seed1'
-  # Seed by seed: all 11 cells' seed 1, then seed 2, then seed 3 of the 7 three-seed cells.
-  assert [r.seed for r in runs] == [1] * 11 + [2] * 11 + [3] * 7
+  assert len(runs) == 8 * 3 + 4 * 2 and runs[0].name == 'row3-seed1'
+  # Seed by seed: all 12 cells' seed 1, then seed 2, then seed 3 of the 8 three-seed cells.
+  assert [r.seed for r in runs] == [1] * 12 + [2] * 12 + [3] * 8
   assert runs[1].name == 'row7-seed1' and runs[-1].name == 'all_paired-seed3'
   quick = study.plan_runs(list(cells.values()), script.QUICK_CELLS, 1)
   assert [r.name for r in quick] == ['row3-seed1', 'row14-seed1', 'all_paired-seed1']
@@ -119,7 +121,7 @@ def test_dry_run_prints_the_exact_commands(script, tmp_path):
   out = tmp_path / 'out'
   assert script.main(['--out', str(out), '--dry_run'], log=lambda *a, **k: lines.append(a[0])) == 0
   text = '\n'.join(lines)
-  assert re.search(r'Plan: 29 runs, ~\d+h\d\dm estimated', text)
+  assert re.search(r'Plan: 32 runs, ~\d+h\d\dm estimated', text)
   assert '-m itit.train_tokenizer --config=configs/vqgan_shapes.py ' in text
   assert '-m itit.prepare --config=configs/prepare_shapes.py:0.02 ' in text
   assert '-m itit.prepare --config=configs/prepare_shapes.py:1.0 ' in text
@@ -129,6 +131,8 @@ def test_dry_run_prints_the_exact_commands(script, tmp_path):
   assert f'--config.data.dir={out}/work/data_mixed' in itit_u10
   pairs_p10 = next(line for line in lines if 'runs/pairs_p10-seed1 ' in line)
   assert '--config.data.max_records.paired=2360' in pairs_p10 and 'data_pairs' in pairs_p10
+  warmup = next(line for line in lines if 'runs/row14_warmup-seed3 ' in line)
+  assert ' --config.cycle.start_step=400' in warmup and 'start_step' not in itit_u10
   assert '-m itit.sample' in text and '--cycle=4' in text
   assert not out.exists()  # a dry run writes nothing
 
@@ -195,6 +199,7 @@ def test_report_table_and_scaling_plot(script, tmp_path):
                {'shapes/i2t_exact': value, 'shapes/t2i_exact': 0.4,
                 'cycle/i2t2i_fid': 10.0 * seed, 'shapes/i2t_cider': 2.5}, 19600)
   write_cell(out, 'itit_u10', 14, 0.1, False, 1, {'shapes/i2t_exact': 0.6}, 1960)
+  write_cell(out, 'row14_warmup', 14, 1.0, False, 1, {'shapes/i2t_exact': 0.99}, 19600)
   write_cell(out, 'pairs_p10', 3, 0.1, True, 1, {'shapes/i2t_exact': 0.55}, 1960)
   paths = study.Paths(str(out), str(out / 'work'), '')
   readme = script.write_report(study.make_cells(script.CELLS), paths)
@@ -212,6 +217,7 @@ def test_report_table_and_scaling_plot(script, tmp_path):
   assert rows['row14'][column['I→T→I FID'] ].strip(' |') == '20.0 ± 10.0'
   assert rows['row14'][column['T2I2T']] == '✓' and rows['row3'][column['T2I2T']] == ''
   assert rows['row14'][column['seeds']] == '3' and 'itit_u10' in rows
+  assert rows['row14_warmup'][column['caption exact % (seen)']] == '99.0'
   assert rows['row14'][column['data']] == '400 pairs + 19600 unpaired'
   assert table.index('## Scaling cells') < table.index('| itit_u10')
 
@@ -227,7 +233,7 @@ def test_report_table_and_scaling_plot(script, tmp_path):
   text = open(readme).read()
   assert '[table2.md](table2.md)' in text and '[scaling.png](scaling.png)' in text
   assert re.search(r'Machine: .*, \d+ CPUs; ', text) and '60.0 ± 14.1' in text
-  assert 'Status: 7 of the plan\'s 29 runs are finished; re-running' in text
+  assert 'Status: 8 of the plan\'s 32 runs are finished; re-running' in text
   assert 'ANALYSIS.md' not in text
   (out / 'ANALYSIS.md').write_text('# by hand')
   assert '[ANALYSIS.md](ANALYSIS.md)' in open(script.write_report(cells, paths)).read()
