@@ -94,6 +94,9 @@ def check_train_config(config, num_devices: int, process_count: int, streams=Non
       raise errors.UserError(f'{name}={config[name]}: must be a positive number of steps')
   if config.nan_policy not in NAN_POLICIES:
     raise errors.UserError(f'nan_policy={config.nan_policy!r}; use one of {NAN_POLICIES}')
+  if not 0 <= config.cycle.start_step < config.total_steps:
+    raise errors.UserError(f'cycle.start_step={config.cycle.start_step}: must be in [0, '
+                           f'total_steps={config.total_steps}) (0: cycles from the first step)')
   data, fsdp, _ = check_mesh(config, num_devices)
   check_batch_sizes(config, data * fsdp, process_count, streams)
   check_data_dir(config, streams)

@@ -359,9 +359,9 @@ def scaling_series(cells, results, metric: str) -> dict[str, list[tuple[int, flo
     runs = [r for r in results.get(cell.name, []) if metric in r['metrics']]
     if not runs:
       continue
-    point = (runs[0]['extra_scenes'], *mean_std([r['metrics'][metric] * 100 for r in runs]))
     if cell.overrides:  # a variant, not a point of the paper's curve
       continue
+    point = (runs[0]['extra_scenes'], *mean_std([r['metrics'][metric] * 100 for r in runs]))
     if cell.row == 3 and cell.extra == 0:
       targets = list(series)
     elif cell.row == 14 and not cell.as_pairs:

@@ -272,7 +272,7 @@ def jit_train_step(config, loss_fns, tx, schedule, state_shardings):
   return jax.jit(
       functools.partial(train_step, loss_fns=loss_fns, tx=tx, schedule=schedule,
                         nan_policy=config.nan_policy,
-                        cycle_start_step=config.cycle.get('start_step', 0)),
+                        cycle_start_step=config.cycle.start_step),
       out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 

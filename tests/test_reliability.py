@@ -351,6 +351,8 @@ def test_unknown_config_field_is_one_error_line(data_dir, tmp_path):
     ({'mesh.fsdp': 3}, errors.UserError, r'4 devices do not divide by the fixed axes'),
     ({'nan_policy': 'ignore'}, errors.UserError, r"nan_policy='ignore'; use one of"),
     ({'checkpoint_every': 0}, errors.UserError, r'checkpoint_every=0: must be a positive number'),
+    ({'cycle.start_step': 10**9}, errors.UserError,
+     r'cycle\.start_step=1000000000: must be in \[0, total_steps=\d+\)'),
     ({'data.dir': '/nonexistent/shards'}, errors.MissingFileError,
      r'data\.dir /nonexistent/shards does not exist'),
     ({'data.paired': 'pared'}, errors.MissingFileError,
