@@ -175,21 +175,27 @@ def test_loss_weights_scale_the_loss_not_the_metrics(setup):
   np.testing.assert_allclose(loss, 2.5 * metrics['t2t_loss'], rtol=1e-6)
 
 
-@pytest.mark.slow  # ~25 s more: compiles the synthesis loops and the optimizer update
-def test_row14_train_step_runs_with_all_losses_finite(setup):
-  config, model, params, _, _ = setup
+def row14_step_inputs(config, params):
+  """A batch of all three streams, the optimizer, and a fresh train state at a given step."""
   rng = np.random.RandomState(1)
   image_batch = lambda: rng.randint(0, config.model.image_vocab_size, (4, 16)).astype(np.int32)
   batch = {'paired': {'image_tokens': image_batch(), 'text_ids': TEXTS},
            'unpaired_image': {'image_tokens': image_batch()},
            'unpaired_text': {'text_ids': TEXTS[::-1].copy()}}
-  loss_fns = train.make_loss_fns(config, model)
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=tx.init(params), rng=jax.random.PRNGKey(0),
-                           first_nonfinite_step=jnp.full((), -1, jnp.int32),
-                           skipped_steps=jnp.zeros((), jnp.int32))
-  new_state, metrics = train.train_step(state, batch, loss_fns=loss_fns, tx=tx,
+  state_at = lambda step: train.TrainState(
+      step=jnp.asarray(step, jnp.int32), params=params, opt_state=tx.init(params),
+      rng=jax.random.PRNGKey(0), first_nonfinite_step=jnp.full((), -1, jnp.int32),
+      skipped_steps=jnp.zeros((), jnp.int32))
+  return batch, tx, schedule, state_at
+
+
+@pytest.mark.slow  # ~25 s more: compiles the synthesis loops and the optimizer update
+def test_row14_train_step_runs_with_all_losses_finite(setup):
+  config, model, params, _, _ = setup
+  batch, tx, schedule, state_at = row14_step_inputs(config, params)
+  loss_fns = train.make_loss_fns(config, model)
+  new_state, metrics = train.train_step(state_at(0), batch, loss_fns=loss_fns, tx=tx,
                                         schedule=schedule, nan_policy='halt')
   for key in ('t2i/t2i_loss', 'i2t/i2t_loss', 'i2t/i2i_loss', 't2i2t/t2i2t_loss',
               'i2t2i/i2t2i_loss', 'loss', 'l2_grads'):
@@ -198,23 +204,15 @@ def test_row14_train_step_runs_with_all_losses_finite(setup):
   assert int(new_state.first_nonfinite_step) == -1 and int(new_state.step) == 1
 
 
+@pytest.mark.slow  # ~45 s: compiles two train steps, one with the synthesis loops
 def test_cycle_start_step_skips_the_cycles_until_it_then_trains_all_losses(setup):
   config, model, params, _, _ = setup
-  rng = np.random.RandomState(1)
-  image_batch = lambda: rng.randint(0, config.model.image_vocab_size, (4, 16)).astype(np.int32)
-  batch = {'paired': {'image_tokens': image_batch(), 'text_ids': TEXTS},
-           'unpaired_image': {'image_tokens': image_batch()},
-           'unpaired_text': {'text_ids': TEXTS[::-1].copy()}}
+  batch, tx, schedule, state_at = row14_step_inputs(config, params)
   loss_fns = train.make_loss_fns(config, model)
   paired_only = {k: v for k, v in loss_fns.items() if k not in train.CYCLE_LOSSES}
-  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
   jit_step = lambda fns, start: jax.jit(functools.partial(
       train.train_step, loss_fns=fns, tx=tx, schedule=schedule, nan_policy='halt',
       cycle_start_step=start))
-  state_at = lambda step: train.TrainState(
-      step=jnp.asarray(step, jnp.int32), params=params, opt_state=tx.init(params),
-      rng=jax.random.PRNGKey(0), first_nonfinite_step=jnp.full((), -1, jnp.int32),
-      skipped_steps=jnp.zeros((), jnp.int32))
   warm_up = jit_step(loss_fns, start=3)  # one program: the step number is data
   leaves = lambda state: jax.tree.leaves(state.params)
   before, before_metrics = warm_up(state_at(2), batch)
