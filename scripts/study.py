@@ -272,8 +272,14 @@ def write_report(cells, paths) -> str:
   meta_path = os.path.join(paths.out, 'study.json')
   meta = study.read_json(meta_path) if os.path.isfile(meta_path) else {}
   runs = [r for runs in results.values() for r in runs]
+  inside = paths.out.startswith(study.REPO + os.sep)
+  shown_out = os.path.relpath(paths.out, study.REPO) + '/' if inside else paths.out
   lines = ['# The shapes-world study', '',
-           f'Command: `{meta.get("command", "python scripts/study.py --out " + paths.out)}`', '',
+           f'Command (the whole plan; re-running it resumes): `python scripts/study.py --out '
+           f'{shown_out}{" --quick" if meta.get("mode") == "quick" else ""}`', '',
+           'Invocations so far (UTC; `--cells` / `--seeds` run part of the plan): '
+           + '; '.join(f'`{i}`' for i in meta.get('invocations', [meta.get('command', '?')])),
+           '',
            f'Machine: {describe_machine(meta.get("machine", machine()))}', '',
            f'Date: started {meta.get("started", "?")}; report written '
            f'{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}; '
@@ -373,8 +379,9 @@ def main(argv=None, runner=run_command, log=print) -> int:
         'cells/, work/runs/ and study.json to start over.')
     return 1
   now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+  command = shlex.join(['python', 'scripts/study.py'] + (argv or sys.argv[1:]))
   study.write_json_atomic(meta_path, dict(
-      command=shlex.join(['python', 'scripts/study.py'] + (argv or sys.argv[1:])),
+      command=command, invocations=meta.get('invocations', []) + [f'{now} {command}'],
       machine=machine(), started=meta.get('started', now), last_invoked=now,
       mode='quick' if args.quick else 'default', budget=budget))
   started = time.time()

@@ -170,6 +170,10 @@ def test_runs_resume_and_never_touch_finished_cells(script, tmp_path):
 
   again = FakeCLIs()
   assert script.main(args, runner=again, log=quiet) == 0
+  invocations = json.loads((out / 'study.json').read_text())['invocations']
+  assert len(invocations) == 2 and all(i.endswith(' '.join(args)) for i in invocations)
+  text = (out / 'README.md').read_text()
+  assert '--out ' + str(out) + ' --quick`' in text and text.count(' '.join(args)) == 2
   assert again.commands == []  # setup markers, cell JSONs and the chain figure are all there
   assert json.loads(kept.read_text()) == finished
 
@@ -233,6 +237,8 @@ def test_report_table_and_scaling_plot(script, tmp_path):
   text = open(readme).read()
   assert '[table2.md](table2.md)' in text and '[scaling.png](scaling.png)' in text
   assert re.search(r'Machine: .*, \d+ CPUs; ', text) and '60.0 ± 14.1' in text
+  assert ('Command (the whole plan; re-running it resumes): '
+          f'`python scripts/study.py --out {out}`') in text
   assert 'Status: 8 of the plan\'s 32 runs are finished; re-running' in text
   assert 'ANALYSIS.md' not in text
   (out / 'ANALYSIS.md').write_text('# by hand')
