@@ -39,6 +39,7 @@ METRICS = (
     ('shapes/t2i_exact', 'T2I exact % (seen)', 100.0),
     # Graded figures, for budgets where exact scenes stay rare (see docs/SHAPES.md).
     ('shapes/i2t_tf_valid_accuracy', 'caption teacher-forced valid % (seen)', 100.0),
+    ('shapes/i2t_color', 'caption colour % (seen)', 100.0),
     ('shapes/t2i_color', 'T2I colour % (seen)', 100.0),
     ('shapes/t2i_shape', 'T2I shape % (seen)', 100.0),
     ('shapes_heldout_test/i2t_exact', 'caption exact % (held-out)', 100.0),
