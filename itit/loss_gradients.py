@@ -22,7 +22,7 @@ from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
-import numpy as np
+import optax
 
 from itit import checkpointing
 from itit import errors
@@ -30,6 +30,7 @@ from itit import evaluate
 from itit import train
 from itit import train_data
 from itit.models import itit as itit_model
+
 
 def per_loss_gradients(params, batch: Mapping, rng: jax.Array, loss_fns) -> dict:
   """{loss name: gradient of that loss alone}, each with the key the train step gives it."""
@@ -41,29 +42,19 @@ def per_loss_gradients(params, batch: Mapping, rng: jax.Array, loss_fns) -> dict
   return grads
 
 
-def _norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
-                      for x in jax.tree.leaves(tree)))
-
-
-def _dot(a, b) -> jax.Array:
-  return sum(jnp.sum(x.astype(jnp.float32) * y.astype(jnp.float32))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 def gradient_summary(grads: Mapping) -> dict:
   """Norms (whole model and per part) of each loss's gradient, and pairwise cosines."""
   summary = {}
   for name, grad in grads.items():
-    summary[f'{name}/norm'] = _norm(grad)
+    summary[f'{name}/norm'] = optax.tree.norm(grad)
     by_part = {}
     for module, subtree in grad.items():
       by_part.setdefault(itit_model.part_of(module), []).append(subtree)
     for part, subtrees in by_part.items():
-      summary[f'{name}/norm_{part}'] = _norm(subtrees)
+      summary[f'{name}/norm_{part}'] = optax.tree.norm(subtrees)
   for a, b in itertools.combinations(sorted(grads), 2):
     denominator = jnp.maximum(summary[f'{a}/norm'] * summary[f'{b}/norm'], 1e-30)
-    summary[f'cosine/{a}|{b}'] = _dot(grads[a], grads[b]) / denominator
+    summary[f'cosine/{a}|{b}'] = optax.tree.vdot(grads[a], grads[b]) / denominator
   return summary
 
 
@@ -73,16 +64,16 @@ def run_summaries(workdir: str, steps, num_batches: int, log=print) -> list[dict
   The batches are the run's first training batches (its streams and seed), the same for every
   step, so the rows differ only by the parameters.
   """
-  config, model, _, _ = evaluate.load_run(workdir, steps[-1])
-  loss_fns = train.make_loss_fns(config, model)
-  data = train_data.TrainData(config, sorted({s for s, _ in loss_fns.values()}))
-  batches = [data.next_batch() for _ in range(num_batches)]
-  summarize = jax.jit(lambda p, batch, rng: gradient_summary(
-      per_loss_gradients(p, batch, rng, loss_fns)))
-  rng = jax.random.PRNGKey(config.seed)
-  rows = []
+  rows, summarize = [], None
   for step in steps:
-    params = evaluate.load_run(workdir, step)[2]
+    config, model, params, _ = evaluate.load_run(workdir, step)
+    if summarize is None:  # the config is the same at every step
+      loss_fns = train.make_loss_fns(config, model)
+      data = train_data.TrainData(config, sorted({s for s, _ in loss_fns.values()}))
+      batches = [data.next_batch() for _ in range(num_batches)]
+      summarize = jax.jit(lambda p, batch, rng: gradient_summary(
+          per_loss_gradients(p, batch, rng, loss_fns)))
+      rng = jax.random.PRNGKey(config.seed)
     totals = {}
     for index, batch in enumerate(batches):
       values = jax.device_get(summarize(params, batch, jax.random.fold_in(rng, index)))
