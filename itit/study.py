@@ -6,9 +6,12 @@ and texts (ITIT's cycles; `itit.data.shapes.make_splits` halves them into disjoi
 text scenes) or, with `as_pairs`, as more pairs (`make_splits` extends the same paired set). A
 cell runs once per seed: a *run*, whose results are one JSON file `OUT/cells/<cell>-seed<k>.json`.
 
-Two prepared datasets serve every cell: 'mixed' (the paired fraction + unpaired images and
-texts) and 'pairs' (every training scene paired); partial data is `data.max_records`, the first
-records of a stream (itit/train_data.py).
+Two prepared datasets serve the table and the scaling curve: 'mixed' (the paired fraction +
+unpaired images and texts) and 'pairs' (every training scene paired); partial data is
+`data.max_records`, the first records of a stream (itit/train_data.py). A cell of the
+paired-fraction sweep (`paired_fraction`) reads its own 'mixed_p<fraction>', prepared at that
+fraction: `make_splits` pairs the first scenes of the same shuffled order at every fraction, so
+it holds exactly the pairs of the as-pairs cell with as many.
 """
 from __future__ import annotations
 
@@ -71,10 +74,15 @@ class Cell:
   # ('config.field', value) pairs set after the budget's: a variant of the row (e.g. a cycle
   # warm-up), kept off the scaling curve.
   overrides: tuple[tuple[str, object], ...] = ()
+  # The paired fraction of the cell's data, None for the budget's: a point of the paired-fraction
+  # sweep, also kept off the scaling curve.
+  paired_fraction: float | None = None
 
   @property
   def dataset(self) -> str:
-    return 'pairs' if self.as_pairs and self.extra > 0 else 'mixed'
+    if self.as_pairs and self.extra > 0:
+      return 'pairs'
+    return 'mixed' if self.paired_fraction is None else f'mixed_p{self.paired_fraction:g}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +99,14 @@ def make_cells(table) -> list[Cell]:
   cells = [Cell(*row) for row in table]
   for cell in cells:
     if cell.row not in base.TABLE2_ROWS or not 0.0 <= cell.extra <= 1.0 or cell.seeds < 1 or (
-        not all(isinstance(o, tuple) and len(o) == 2 for o in cell.overrides)):
+        not all(isinstance(o, tuple) and len(o) == 2 for o in cell.overrides)) or (
+            cell.paired_fraction is not None and not 0.0 < cell.paired_fraction < 1.0):
       raise ValueError(f'study cell {cell}: row must be one of {sorted(base.TABLE2_ROWS)}, '
-                       'extra in [0, 1], seeds >= 1 and overrides (field, value) pairs')
+                       'extra in [0, 1], seeds >= 1, overrides (field, value) pairs and '
+                       'paired_fraction None or in (0, 1)')
+    if cell.paired_fraction is not None and cell.as_pairs:
+      raise ValueError(f'study cell {cell.name}: an as-pairs cell reads the all-pairs data; '
+                       'give paired_fraction only to cells of the mixed data')
     uses_unpaired = base.TABLE2_ROWS[cell.row][2:] != ('none', 'none')
     if uses_unpaired and (cell.as_pairs or cell.extra == 0):
       raise ValueError(f'study cell {cell.name}: row {cell.row} trains on unpaired data; give it '
@@ -135,16 +148,33 @@ def flag_args(overrides: dict) -> list[str]:
   return [f'--config.{key}={value}' for key, value in overrides.items()]
 
 
-def data_counts(budget) -> dict[str, int]:
-  """Record counts of the prepared streams, computed as `make_splits` splits the scenes."""
+def data_counts(budget, paired_fraction: float | None = None) -> dict[str, int]:
+  """Record counts of the prepared streams, computed as `make_splits` splits the scenes, at the
+  budget's paired fraction or `paired_fraction`."""
   from configs import prepare_shapes  # pylint: disable=g-import-not-at-top
-  config = set_fields(prepare_shapes.get_config(str(budget['paired_fraction'])),
-                      budget['prepare'], 'budget prepare')
+  fraction = budget['paired_fraction'] if paired_fraction is None else paired_fraction
+  config = set_fields(prepare_shapes.get_config(str(fraction)), budget['prepare'],
+                      'budget prepare')
   num_train = config.shapes.num_train
   paired = round(config.shapes.paired_fraction * num_train)
   rest = num_train - paired
   return dict(num_train=num_train, paired=paired, rest=rest, unpaired_image=(rest + 1) // 2,
               unpaired_text=rest // 2)
+
+
+def cell_counts(cell: Cell, budget) -> dict[str, int]:
+  """`data_counts` of the paired split the cell starts from (the counts every function below
+  takes)."""
+  return data_counts(budget, cell.paired_fraction)
+
+
+def datasets(cells, budget) -> dict[str, float]:
+  """{dataset: the paired fraction it is prepared at} of the cells, 'mixed' first: its
+  SentencePiece model is the others' too, so every dataset tokenizes text alike."""
+  fractions = {'mixed': budget['paired_fraction']}
+  for cell in cells:
+    fractions.setdefault(cell.dataset, 1.0 if cell.dataset == 'pairs' else cell.paired_fraction)
+  return fractions
 
 
 def max_records(cell: Cell, counts) -> dict[str, int]:
@@ -195,11 +225,10 @@ def vqgan_command(paths: Paths, budget) -> list[str]:
           f'--workdir={paths.vqgan}'] + flag_args(budget['vqgan'])
 
 
-def prepare_command(paths: Paths, budget, dataset: str) -> list[str]:
-  fraction = 1.0 if dataset == 'pairs' else budget['paired_fraction']
+def prepare_command(paths: Paths, budget, dataset: str, fraction: float) -> list[str]:
   command = [sys.executable, '-m', 'itit.prepare', f'--config=configs/prepare_shapes.py:{fraction}',
              f'--out_dir={paths.data(dataset)}', f'--config.image_tokenizer={paths.vqgan}']
-  if dataset == 'pairs':  # one SentencePiece model for both datasets
+  if dataset != 'mixed':  # one SentencePiece model for every dataset
     command.append(f'--config.text_tokenizer={os.path.join(paths.data("mixed"), "spiece.model")}')
   return command + flag_args(budget['prepare'])
 
@@ -360,7 +389,7 @@ def scaling_series(cells, results, metric: str) -> dict[str, list[tuple[int, flo
     runs = [r for r in results.get(cell.name, []) if metric in r['metrics']]
     if not runs:
       continue
-    if cell.overrides:  # a variant, not a point of the paper's curve
+    if cell.overrides or cell.paired_fraction is not None:  # not a point of the paper's curve
       continue
     point = (runs[0]['extra_scenes'], *mean_std([r['metrics'][metric] * 100 for r in runs]))
     if cell.row == 3 and cell.extra == 0:
@@ -376,10 +405,49 @@ def scaling_series(cells, results, metric: str) -> dict[str, list[tuple[int, flo
   return {name: sorted(points) for name, points in series.items()}
 
 
+SWEEP_SERIES = ('pairs only (row 3)', 'ITIT (row 14): the other training scenes unpaired')
+
+
+def sweep_series(cells, results, metric: str) -> dict[str, list[tuple[int, float, float]]]:
+  """The paired-fraction sweep: {series: [(paired scenes, mean, std)]}, by x. Row-3 cells are
+  the pairs-only curve, full-data row-14 cells the ITIT curve; both end at the all-paired cell,
+  where no scene is left to be unpaired."""
+  series = {name: [] for name in SWEEP_SERIES}
+  for cell in cells:
+    runs = [r for r in results.get(cell.name, []) if metric in r['metrics']]
+    if not runs or cell.overrides:
+      continue
+    point = (runs[0]['paired_records'], *mean_std([r['metrics'][metric] * 100 for r in runs]))
+    if cell.row == 3 and cell.as_pairs and cell.extra == 1.0:
+      targets = list(series)
+    elif cell.row == 3:
+      targets = [SWEEP_SERIES[0]]
+    elif cell.row == 14 and cell.extra == 1.0 and not cell.as_pairs:
+      targets = [SWEEP_SERIES[1]]
+    else:
+      continue
+    for target in targets:
+      series[target].append(point)
+  return {name: sorted(points) for name, points in series.items()}
+
+
 def scaling_plot(cells, results, path: str) -> str:
-  """OUT/scaling.png: caption and T2I accuracy against the extra scenes: exact scenes (top) and
-  graded figures (bottom: teacher-forced caption tokens, T2I colour), which still move at
-  budgets where exact scenes are rare."""
+  """OUT/scaling.png: caption and T2I accuracy against the extra scenes."""
+  return accuracy_plot(scaling_series, cells, results, path,
+                       'extra training scenes beyond the paired set', log_x=False)
+
+
+def sweep_plot(cells, results, path: str) -> str:
+  """OUT/paired_sweep.png: rows 3 and 14 against the number of paired scenes."""
+  return accuracy_plot(sweep_series, cells, results, path,
+                       'paired training scenes (the rest of the 20,000 unpaired for row 14)',
+                       log_x=True)
+
+
+def accuracy_plot(series_fn, cells, results, path: str, xlabel: str, log_x: bool) -> str:
+  """Caption and T2I accuracy of `series_fn`'s curves: exact scenes (top) and graded figures
+  (bottom: teacher-forced caption tokens, T2I colour), which still move at budgets where exact
+  scenes are rare; seen scenes solid, held-out dotted."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -391,13 +459,15 @@ def scaling_plot(cells, results, path: str) -> str:
   axes = axes.ravel()
   for ax, (metric, title) in zip(axes, panels):
     for split, style in (('shapes', '-'), ('shapes_heldout_test', ':')):
-      series = scaling_series(cells, results, f'{split}/{metric}')
+      series = series_fn(cells, results, f'{split}/{metric}')
       for (name, points), color in zip(series.items(), ('C0', 'C1')):
         if points:
           x, mean, std = (np.asarray(v) for v in zip(*points))
           label = f'{name}, {"seen" if split == "shapes" else "held-out"} scenes'
           ax.errorbar(x, mean, yerr=std, fmt='o' + style, color=color, label=label, capsize=3)
-    ax.set_xlabel('extra training scenes beyond the paired set')
+    if log_x:
+      ax.set_xscale('log')
+    ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=7)

@@ -35,7 +35,7 @@ from itit import study  # pylint: disable=g-import-not-at-top,wrong-import-posit
 
 # The plan: (name, table-2 row, extra = fraction of the non-paired training scenes used,
 # as_pairs = those scenes come as pairs rather than unpaired images / texts, seeds, what[,
-# config overrides of the cell]).
+# config overrides of the cell[, paired fraction of the cell's data, default the budget's]]).
 CELLS = (
     ('row3', 3, 0.0, False, 3, 'pairs only'),
     ('row7', 7, 1.0, False, 3, 'T2T + I2I on unpaired data'),
@@ -54,6 +54,13 @@ CELLS = (
     ('itit_u30', 14, 0.3, False, 2, 'ITIT with 30% of the unpaired scenes'),
     ('pairs_p10', 3, 0.1, True, 2, 'the scenes of itit_u10 as pairs'),
     ('pairs_p30', 3, 0.3, True, 2, 'the scenes of itit_u30 as pairs'),
+    # The paired-fraction sweep: row 14 on the pairs of pairs_p10 / pairs_p30 (400 + 10% / 30%
+    # of the other 19,600 scenes: 11.8% / 31.4% of 20,000), every other scene unpaired; row 3
+    # at those pairs is pairs_p10 / pairs_p30.
+    ('row14_p10', 14, 1.0, False, 2, 'full cycles on the pairs of pairs_p10, the rest unpaired',
+     (), 0.118),
+    ('row14_p30', 14, 1.0, False, 2, 'full cycles on the pairs of pairs_p30, the rest unpaired',
+     (), 0.314),
 )
 QUICK_CELLS = ('row3', 'row14', 'all_paired')  # --quick: these, one seed each
 
@@ -116,23 +123,24 @@ def run_command(command: list[str], log_path: str) -> None:
 
 
 def setup_steps(paths, budget, datasets, fid_source, reuse_vqgan: bool):
-  """(name, command, done) of the steps before the runs; `done` is a marker file."""
+  """(name, command, done) of the steps before the runs; `done` is a marker file. `datasets`:
+  {name: paired fraction}, 'mixed' first (the others reuse its SentencePiece model)."""
   steps = []
   if not reuse_vqgan:
     steps.append(('vqgan', study.vqgan_command(paths, budget),
                   os.path.join(paths.vqgan, 'eval.json')))
-  for dataset in ('mixed', 'pairs'):  # 'pairs' reuses the SentencePiece model of 'mixed'
-    if dataset in datasets:
-      steps.append((f'prepare_{dataset}', study.prepare_command(paths, budget, dataset),
-                    os.path.join(paths.data(dataset), 'prepare_summary.json')))
+  for dataset, fraction in datasets.items():
+    steps.append((f'prepare_{dataset}', study.prepare_command(paths, budget, dataset, fraction),
+                  os.path.join(paths.data(dataset), 'prepare_summary.json')))
   if fid_source:
     steps.append(('inception', study.inception_command(paths, fid_source), paths.inception))
   return steps
 
 
-def execute_run(run, paths, budget, counts, fid: bool, runner=run_command) -> dict:
+def execute_run(run, paths, budget, fid: bool, runner=run_command) -> dict:
   """Trains (or resumes) and evaluates one run, copies its sample grids, writes its JSON."""
   workdir = paths.run(run)
+  counts = study.cell_counts(run.cell, budget)
   total_steps = study.train_config(run, paths, budget, counts).total_steps
   eval_path = os.path.join(workdir, 'eval.json')
   resumed = os.path.isdir(os.path.join(workdir, 'checkpoints'))
@@ -161,11 +169,13 @@ def execute_run(run, paths, budget, counts, fid: bool, runner=run_command) -> di
   return result
 
 
-def execute_runs(runs, paths, budget, counts, fid: bool, runner=run_command, log=print,
+def execute_runs(runs, paths, budget, fid: bool, runner=run_command, log=print,
                  after_run=lambda: None) -> None:
   """Every run without a results JSON, in plan order, with a progress line and ETA;
   `after_run()` follows each finished run."""
-  estimates = {run.name: study.estimated_seconds(run, paths, budget, counts) for run in runs}
+  estimates = {run.name: study.estimated_seconds(run, paths, budget,
+                                                 study.cell_counts(run.cell, budget))
+               for run in runs}
   done_estimates, done_seconds = [], []
   started = time.time()
   for index, run in enumerate(runs, 1):
@@ -179,7 +189,7 @@ def execute_runs(runs, paths, budget, counts, fid: bool, runner=run_command, log
       log(f'{prefix}: done earlier, kept ({json_path})')
       continue
     log(f'{prefix}: {run.cell.what}; training (log: {paths.log(run.name)})', flush=True)
-    result = execute_run(run, paths, budget, counts, fid, runner)
+    result = execute_run(run, paths, budget, fid, runner)
     if result['timed']:
       done_estimates.append(estimates[run.name])
       done_seconds.append(result['seconds'])
@@ -254,7 +264,8 @@ def describe_machine(info: dict) -> str:
 def write_report(cells, paths) -> str:
   """table2.md, scaling.png and README.md in OUT from the kept results; returns README's path."""
   results = study.load_results(paths.out)
-  table_cells = [c for c in cells if c.extra in (0.0, 1.0)]
+  sweep_cells = [c for c in cells if c.paired_fraction is not None]
+  table_cells = [c for c in cells if c.extra in (0.0, 1.0) and c not in sweep_cells]
   scaling_cells = [c for c in cells if c.extra not in (0.0, 1.0)]
   notes = ('Mean ± sample standard deviation over seeds. "seen": the test split (scenes of the '
            'training distribution); "held-out": scenes with an attribute combination no '
@@ -266,9 +277,16 @@ def write_report(cells, paths) -> str:
            study.table_markdown(table_cells, results))
   if any(c.name in results for c in scaling_cells):
     table += '\n## Scaling cells (figure 5)\n\n' + study.table_markdown(scaling_cells, results)
+  swept = any(c.name in results for c in sweep_cells)
+  if swept:
+    table += ('\n## Paired-fraction sweep\n\nRow 14 with more of the scenes paired (the rest '
+              'unpaired); row 3 on the same pairs is the as-pairs cell of that size above.\n\n'
+              + study.table_markdown(sweep_cells, results))
   with open(os.path.join(paths.out, 'table2.md'), 'w') as f:
     f.write(table)
   study.scaling_plot(cells, results, os.path.join(paths.out, 'scaling.png'))
+  if swept:
+    study.sweep_plot(cells, results, os.path.join(paths.out, 'paired_sweep.png'))
   meta_path = os.path.join(paths.out, 'study.json')
   meta = study.read_json(meta_path) if os.path.isfile(meta_path) else {}
   runs = [r for runs in results.values() for r in runs]
@@ -290,11 +308,16 @@ def write_report(cells, paths) -> str:
               '; re-running the command continues the study where it stopped.'), '',
            '- [table2.md](table2.md): the table', '- [scaling.png](scaling.png): the scaling curve',
            '- [cells/](cells/): every run\'s metrics, command and time']
+  if swept:
+    lines.append('- [paired_sweep.png](paired_sweep.png): rows 3 and 14 as the paired '
+                 'fraction grows')
   if os.path.isfile(os.path.join(paths.out, 'cycle_chain.png')):
     lines.append('- [cycle_chain.png](cycle_chain.png): T→I→T→I chains, row 3 vs row 14')
   if os.path.isfile(os.path.join(paths.out, 'ANALYSIS.md')):  # written by hand, kept
     lines.append('- [ANALYSIS.md](ANALYSIS.md): what the results say, and the diagnostics')
   lines += ['', table.split('\n', 2)[2], '![scaling](scaling.png)', '']
+  if swept:
+    lines += ['![paired-fraction sweep](paired_sweep.png)', '']
   if os.path.isfile(os.path.join(paths.out, 'cycle_chain.png')):
     lines += ['![cycle chains](cycle_chain.png)', '',
               'Cycle chains from the prompts (one per row of a chain): '
@@ -347,20 +370,21 @@ def main(argv=None, runner=run_command, log=print) -> int:
   if args.report_only:
     log(f'Wrote {write_report(cells, paths)}')
     return 0
-  counts = study.data_counts(budget)
+  counts = {run.name: study.cell_counts(run.cell, budget) for run in runs}
   fid_source = study.inception_source() if budget['fid'] else None
-  datasets = {'mixed'} | {run.cell.dataset for run in runs}  # 'mixed' makes the SentencePiece
+  datasets = study.datasets([run.cell for run in runs], budget)
   steps = setup_steps(paths, budget, datasets, fid_source, bool(args.vqgan))
-  estimates = [study.estimated_seconds(run, paths, budget, counts) for run in runs]
+  estimates = [study.estimated_seconds(run, paths, budget, counts[run.name]) for run in runs]
   if args.dry_run:
     log(f'Plan: {len(runs)} runs, ~{study.format_duration(sum(estimates))} estimated for '
         f'training + evaluation (prior: {budget["estimate"]}), plus the setup steps.')
-    log(f'Data: {counts}; FID: {"on" if fid_source else "off"}')
+    log(f'Data: {study.data_counts(budget)}; FID: {"on" if fid_source else "off"}')
     for name, command, _ in steps:
       log(f'\n# {name}\n{shlex.join(command)}')
     for run, estimate in zip(runs, estimates):
       log(f'\n# {run.name}: {run.cell.what} (~{study.format_duration(estimate)})\n'
-          f'{shlex.join(study.train_command(run, paths, budget, counts, bool(fid_source)))}')
+          + shlex.join(study.train_command(run, paths, budget, counts[run.name],
+                                           bool(fid_source))))
     for name in CHAIN_CELLS:
       run = next((r for r in runs if r.cell.name == name), None)
       if run:
@@ -401,7 +425,7 @@ def main(argv=None, runner=run_command, log=print) -> int:
     log(f'Setup done in {study.format_duration(time.time() - started)}; {len(runs)} runs, '
         f'~{study.format_duration(sum(estimates))} estimated.', flush=True)
     make_chains = lambda: cycle_chains(runs, paths, budget, runner, log)
-    execute_runs(runs, paths, budget, counts, bool(fid_source), runner, log, make_chains)
+    execute_runs(runs, paths, budget, bool(fid_source), runner, log, make_chains)
     make_chains()
   except KeyboardInterrupt:
     log(f'Interrupted: finished runs are kept in {os.path.join(out, "cells")}; re-run the same '

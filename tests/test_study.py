@@ -67,15 +67,16 @@ def test_plan_has_the_issue_cells(script):
   assert cells['all_paired'].as_pairs and cells['all_paired'].extra == 1.0
   assert all(cells[n].seeds >= 3 for n in list(table) + ['all_paired', 'row14_warmup'])
   assert cells['row14_warmup'].row == 14 and cells['row14_warmup'].overrides
-  itit_points = sorted(c.extra for c in cells.values()
-                       if c.row == 14 and not c.as_pairs and not c.overrides)
+  itit_points = sorted(c.extra for c in cells.values() if c.row == 14 and not c.as_pairs
+                       and not c.overrides and c.paired_fraction is None)
   pair_points = sorted(c.extra for c in cells.values() if c.as_pairs)
   assert itit_points == pair_points == [0.1, 0.3, 1.0]
   assert all(c.seeds >= 2 for c in cells.values())
+  assert [c.name for c in cells.values() if c.paired_fraction] == ['row14_p10', 'row14_p30']
   runs = study.plan_runs(list(cells.values()))
-  assert len(runs) == 8 * 3 + 4 * 2 and runs[0].name == 'row3-seed1'
-  # Seed by seed: all 12 cells' seed 1, then seed 2, then seed 3 of the 8 three-seed cells.
-  assert [r.seed for r in runs] == [1] * 12 + [2] * 12 + [3] * 8
+  assert len(runs) == 8 * 3 + 6 * 2 and runs[0].name == 'row3-seed1'
+  # Seed by seed: all 14 cells' seed 1, then seed 2, then seed 3 of the 8 three-seed cells.
+  assert [r.seed for r in runs] == [1] * 14 + [2] * 14 + [3] * 8
   assert runs[1].name == 'row7-seed1' and runs[-1].name == 'all_paired-seed3'
   quick = study.plan_runs(list(cells.values()), script.QUICK_CELLS, 1)
   assert [r.name for r in quick] == ['row3-seed1', 'row14-seed1', 'all_paired-seed1']
@@ -100,12 +101,35 @@ def test_data_limits_and_extra_scenes(script):
   assert cells['row3'].dataset == cells['row14'].dataset == 'mixed'
 
 
+def test_paired_fraction_sweep_cells_hold_the_pairs_of_their_row3_twins(script):
+  budget = script.BUDGETS['default']
+  cells = {c.name: c for c in study.make_cells(script.CELLS)}
+  for sweep, twin in (('row14_p10', 'pairs_p10'), ('row14_p30', 'pairs_p30')):
+    counts = study.cell_counts(cells[sweep], budget)
+    twin_pairs = study.max_records(cells[twin], study.cell_counts(cells[twin], budget))['paired']
+    assert counts['paired'] == twin_pairs == {'row14_p10': 2360, 'row14_p30': 6280}[sweep]
+    assert counts['unpaired_image'] + counts['unpaired_text'] == 20000 - twin_pairs
+    assert study.max_records(cells[sweep], counts) == {}
+    assert study.extra_scenes(cells[sweep], counts) == 20000 - twin_pairs
+  assert study.datasets(cells.values(), budget) == {
+      'mixed': 0.02, 'pairs': 1.0, 'mixed_p0.118': 0.118, 'mixed_p0.314': 0.314}
+  # make_splits pairs a prefix of one shuffled order, so the sweep's pairs ARE the twin's.
+  from itit.data import shapes  # pylint: disable=g-import-not-at-top
+  small = shapes.make_splits(0, paired_fraction=0.118, num_train=2000, num_test=50)
+  everything = shapes.make_splits(0, paired_fraction=1.0, num_train=2000, num_test=50)
+  assert small['paired'] == everything['paired'][:236]
+  with pytest.raises(ValueError, match='paired_fraction None or in'):
+    study.make_cells([('bad', 14, 1.0, False, 1, 'x', (), 1.5)])
+  with pytest.raises(ValueError, match='an as-pairs cell reads the all-pairs data'):
+    study.make_cells([('bad', 3, 0.1, True, 1, 'x', (), 0.1)])
+
+
 @pytest.mark.parametrize('mode', ['default', 'quick'])
 def test_every_budget_override_is_a_config_field(script, mode, tmp_path):
   budget = script.BUDGETS[mode]
   paths = study.Paths(str(tmp_path), str(tmp_path / 'work'), str(tmp_path / 'vq'))
-  counts = study.data_counts(budget)
   for run in study.plan_runs(study.make_cells(script.CELLS), seeds=1):
+    counts = study.cell_counts(run.cell, budget)
     config = study.train_config(run, paths, budget, counts)
     assert config.total_steps == budget['train']['total_steps']
     assert study.estimated_seconds(run, paths, budget, counts) > budget['estimate']['overhead_s']
@@ -121,10 +145,16 @@ def test_dry_run_prints_the_exact_commands(script, tmp_path):
   out = tmp_path / 'out'
   assert script.main(['--out', str(out), '--dry_run'], log=lambda *a, **k: lines.append(a[0])) == 0
   text = '\n'.join(lines)
-  assert re.search(r'Plan: 32 runs, ~\d+h\d\dm estimated', text)
+  assert re.search(r'Plan: 36 runs, ~\d+h\d\dm estimated', text)
   assert '-m itit.train_tokenizer --config=configs/vqgan_shapes.py ' in text
   assert '-m itit.prepare --config=configs/prepare_shapes.py:0.02 ' in text
   assert '-m itit.prepare --config=configs/prepare_shapes.py:1.0 ' in text
+  sweep_prepare = next(line for line in lines if 'prepare_shapes.py:0.118 ' in line)
+  assert f'--out_dir={out}/work/data_mixed_p0.118 ' in sweep_prepare
+  assert f'--config.text_tokenizer={out}/work/data_mixed/spiece.model' in sweep_prepare
+  row14_p10 = next(line for line in lines if 'runs/row14_p10-seed2 ' in line)
+  assert f'--config.data.dir={out}/work/data_mixed_p0.118 ' in row14_p10
+  assert 'max_records' not in row14_p10
   itit_u10 = next(line for line in lines if 'runs/itit_u10-seed2 ' in line)
   assert '--config=configs/shapes.py:row14 ' in itit_u10 and '--config.seed=2' in itit_u10
   assert '--config.data.max_records.unpaired_image=980' in itit_u10
@@ -184,13 +214,13 @@ def test_runs_resume_and_never_touch_finished_cells(script, tmp_path):
   assert third.commands == [] and (out / 'cells' / 'row14-seed1.json').is_file()
 
 
-def write_cell(out, name, row, extra, as_pairs, seed, metrics, extra_scenes):
+def write_cell(out, name, row, extra, as_pairs, seed, metrics, extra_scenes, paired_records=400):
   path = out / 'cells' / f'{name}-seed{seed}.json'
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(dict(
       cell=dict(name=name, row=row, extra=extra, as_pairs=as_pairs, seeds=3, what=name),
       seed=seed, run=f'{name}-seed{seed}', step=10, seconds=1.0, timed=True, metrics=metrics,
-      extra_scenes=extra_scenes, paired_records=400)))
+      extra_scenes=extra_scenes, paired_records=paired_records)))
 
 
 def test_report_table_and_scaling_plot(script, tmp_path):
@@ -204,7 +234,8 @@ def test_report_table_and_scaling_plot(script, tmp_path):
                 'cycle/i2t2i_fid': 10.0 * seed, 'shapes/i2t_cider': 2.5}, 19600)
   write_cell(out, 'itit_u10', 14, 0.1, False, 1, {'shapes/i2t_exact': 0.6}, 1960)
   write_cell(out, 'row14_warmup', 14, 1.0, False, 1, {'shapes/i2t_exact': 0.99}, 19600)
-  write_cell(out, 'pairs_p10', 3, 0.1, True, 1, {'shapes/i2t_exact': 0.55}, 1960)
+  write_cell(out, 'pairs_p10', 3, 0.1, True, 1, {'shapes/i2t_exact': 0.55}, 1960, 2360)
+  write_cell(out, 'row14_p10', 14, 1.0, False, 1, {'shapes/i2t_exact': 0.75}, 17640, 2360)
   paths = study.Paths(str(out), str(out / 'work'), '')
   readme = script.write_report(study.make_cells(script.CELLS), paths)
 
@@ -224,6 +255,8 @@ def test_report_table_and_scaling_plot(script, tmp_path):
   assert rows['row14_warmup'][column['caption exact % (seen)']] == '99.0'
   assert rows['row14'][column['data']] == '400 pairs + 19600 unpaired'
   assert table.index('## Scaling cells') < table.index('| itit_u10')
+  assert table.index('## Paired-fraction sweep') < table.index('| row14_p10')
+  assert rows['row14_p10'][column['data']] == '2360 pairs + 17640 unpaired'
 
   cells = study.make_cells(script.CELLS)
   results = study.load_results(str(out))
@@ -231,6 +264,10 @@ def test_report_table_and_scaling_plot(script, tmp_path):
   itit, pairs = series.values()
   assert [(x, round(m, 6)) for x, m, _ in itit] == [(0, 60.0), (1960, 60.0), (19600, 90.0)]
   assert [(x, round(m, 6)) for x, m, _ in pairs] == [(0, 60.0), (1960, 55.0)]
+  row3_curve, row14_curve = study.sweep_series(cells, results, 'shapes/i2t_exact').values()
+  assert [(x, round(m, 6)) for x, m, _ in row3_curve] == [(400, 60.0), (2360, 55.0)]
+  assert [(x, round(m, 6)) for x, m, _ in row14_curve] == [(400, 90.0), (2360, 75.0)]
+  assert (out / 'paired_sweep.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   png = out / 'scaling.png'
   assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert Image.open(png).size[0] > 500
@@ -239,7 +276,8 @@ def test_report_table_and_scaling_plot(script, tmp_path):
   assert re.search(r'Machine: .*, \d+ CPUs; ', text) and '60.0 ± 14.1' in text
   assert ('Command (the whole plan; re-running it resumes): '
           f'`python scripts/study.py --out {out}`') in text
-  assert 'Status: 8 of the plan\'s 32 runs are finished; re-running' in text
+  assert 'Status: 9 of the plan\'s 36 runs are finished; re-running' in text
+  assert '[paired_sweep.png](paired_sweep.png)' in text
   assert 'ANALYSIS.md' not in text
   (out / 'ANALYSIS.md').write_text('# by hand')
   assert '[ANALYSIS.md](ANALYSIS.md)' in open(script.write_report(cells, paths)).read()
