@@ -446,16 +446,18 @@ def sweep_plot(cells, results, path: str) -> str:
 
 def accuracy_plot(series_fn, cells, results, path: str, xlabel: str, log_x: bool) -> str:
   """Caption and T2I accuracy of `series_fn`'s curves: exact scenes (top) and graded figures
-  (bottom: teacher-forced caption tokens, T2I colour), which still move at budgets where exact
-  scenes are rare; seen scenes solid, held-out dotted."""
+  (below: teacher-forced caption tokens, T2I and caption colour, CIDEr), which still move at
+  budgets where exact scenes are rare; seen scenes solid, held-out dotted."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   panels = (('i2t_exact', 'captioning: exact-scene accuracy %'),
             ('t2i_exact', 'T2I: exact-scene accuracy %'),
             ('i2t_tf_valid_accuracy', 'captioning: teacher-forced valid-token accuracy %'),
-            ('t2i_color', 'T2I: objects of the right colour %'))
-  figure, axes = plt.subplots(2, 2, figsize=(11, 8.4))
+            ('t2i_color', 'T2I: objects of the right colour %'),
+            ('i2t_color', 'captioning: objects of the right colour %'),
+            ('i2t_cider', 'captioning: CIDEr-D x100'))
+  figure, axes = plt.subplots(3, 2, figsize=(11, 12.6))
   axes = axes.ravel()
   for ax, (metric, title) in zip(axes, panels):
     for split, style in (('shapes', '-'), ('shapes_heldout_test', ':')):
