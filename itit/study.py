@@ -440,7 +440,7 @@ def scaling_plot(cells, results, path: str) -> str:
 def sweep_plot(cells, results, path: str) -> str:
   """OUT/paired_sweep.png: rows 3 and 14 against the number of paired scenes."""
   return accuracy_plot(sweep_series, cells, results, path,
-                       'paired training scenes (the rest of the 20,000 unpaired for row 14)',
+                       'paired training scenes (row 14: every other training scene unpaired)',
                        log_x=True)
 
 
