@@ -47,12 +47,15 @@ CELLS = (
     # Not in the paper: the cycles join at step 400 of 800, once the model's pseudo pairs are
     # better than noise (docs/results/ANALYSIS.md); steps before it are row-3 steps.
     ('row14_warmup', 14, 1.0, False, 3, 'full cycles from step 400 (cycle warm-up)',
-     (('cycle.start_step', 400),)),
+     study.SCALING_RECIPE),
     ('all_paired', 3, 1.0, True, 3, 'upper bound: every training scene as a pair'),
     # Figure 5: more unpaired data for ITIT against the same scenes as pairs (x = 0 is row3,
-    # x = all is row14 / all_paired).
-    ('itit_u10', 14, 0.1, False, 2, 'ITIT with 10% of the unpaired scenes'),
-    ('itit_u30', 14, 0.3, False, 2, 'ITIT with 30% of the unpaired scenes'),
+    # x = all is row14_warmup / all_paired). ITIT here is the warm-up recipe
+    # (study.SCALING_RECIPE says why); row 14's full-data point is plotted beside the curve.
+    ('itit_u10', 14, 0.1, False, 2, 'ITIT (cycles from step 400) with 10% of the unpaired scenes',
+     study.SCALING_RECIPE),
+    ('itit_u30', 14, 0.3, False, 2, 'ITIT (cycles from step 400) with 30% of the unpaired scenes',
+     study.SCALING_RECIPE),
     ('pairs_p10', 3, 0.1, True, 2, 'the scenes of itit_u10 as pairs'),
     ('pairs_p30', 3, 0.3, True, 2, 'the scenes of itit_u30 as pairs'),
     # The paired-fraction sweep: row 14 on the pairs of pairs_p10 / pairs_p30 (400 + 10% / 30%
@@ -307,7 +310,8 @@ def write_report(cells, paths) -> str:
            f'Status: {len(runs)} of the plan\'s {sum(c.seeds for c in cells)} runs are finished'
            + ('.' if len(runs) >= sum(c.seeds for c in cells) else
               '; re-running the command continues the study where it stopped.'), '',
-           '- [table2.md](table2.md): the table', '- [scaling.png](scaling.png): the scaling curve',
+           '- [table2.md](table2.md): the table', ('- [scaling.png](scaling.png): the scaling curve (ITIT: cycles from step '
+            f'{dict(study.SCALING_RECIPE)["cycle.start_step"]}, the row-14 point beside it)'),
            '- [cells/](cells/): every run\'s metrics, command and time']
   if swept:
     lines.append('- [paired_sweep.png](paired_sweep.png): rows 3 and 14 as the paired '

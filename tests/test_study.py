@@ -10,7 +10,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from itit import flops
 from itit import study
+from itit import train
+from itit.models import itit as itit_model
 from script_loader import load_script  # pylint: disable=g-bad-import-order
 
 
@@ -66,11 +69,15 @@ def test_plan_has_the_issue_cells(script):
   assert table == dict(row3=3, row7=7, row10=10, row11=11, row12=12, row14=14)
   assert cells['all_paired'].as_pairs and cells['all_paired'].extra == 1.0
   assert all(cells[n].seeds >= 3 for n in list(table) + ['all_paired', 'row14_warmup'])
-  assert cells['row14_warmup'].row == 14 and cells['row14_warmup'].overrides
+  assert cells['row14_warmup'].row == 14
+  assert cells['row14_warmup'].overrides == study.SCALING_RECIPE == (('cycle.start_step', 400),)
+  # The scaling curve's ITIT cells share one recipe and match the as-pairs cells point for point.
   itit_points = sorted(c.extra for c in cells.values() if c.row == 14 and not c.as_pairs
-                       and not c.overrides and c.paired_fraction is None)
+                       and c.overrides == study.SCALING_RECIPE and c.paired_fraction is None)
   pair_points = sorted(c.extra for c in cells.values() if c.as_pairs)
   assert itit_points == pair_points == [0.1, 0.3, 1.0]
+  assert [n for n, c in cells.items() if c.row == 14 and not c.overrides
+          and c.paired_fraction is None] == ['row14']
   assert all(c.seeds >= 2 for c in cells.values())
   assert [c.name for c in cells.values() if c.paired_fraction] == ['row14_p10', 'row14_p30']
   runs = study.plan_runs(list(cells.values()))
@@ -124,6 +131,26 @@ def test_paired_fraction_sweep_cells_hold_the_pairs_of_their_row3_twins(script):
     study.make_cells([('bad', 3, 0.1, True, 1, 'x', (), 0.1)])
 
 
+def test_estimate_counts_warmup_steps_without_the_cycles(script, tmp_path):
+  budget = script.BUDGETS['default']
+  paths = study.Paths(str(tmp_path), str(tmp_path / 'work'), str(tmp_path / 'vq'))
+  cells = {c.name: c for c in study.make_cells(script.CELLS)}
+  counts = study.cell_counts(cells['row14'], budget)
+  seconds = {name: study.estimated_seconds(study.Run(cells[name], 1), paths, budget, counts)
+             for name in ('row14', 'row14_warmup')}
+  config = study.train_config(study.Run(cells['row14'], 1), paths, budget, counts)
+  names = sorted(train.make_loss_fns(config, itit_model.ITIT(config.model)))
+  assert set(train.CYCLE_LOSSES) <= set(names)
+  full = flops.train_step_flops(config, names)['total']
+  uncycled = flops.train_step_flops(
+      config, [n for n in names if n not in train.CYCLE_LOSSES])['total']
+  assert 0 < uncycled < full
+  rate = budget['estimate']['gflops_per_s'] * 1e9
+  overhead = budget['estimate']['overhead_s']
+  assert seconds['row14'] == pytest.approx(overhead + 800 * full / rate)
+  assert seconds['row14_warmup'] == pytest.approx(overhead + 400 * (full + uncycled) / rate)
+
+
 @pytest.mark.parametrize('mode', ['default', 'quick'])
 def test_every_budget_override_is_a_config_field(script, mode, tmp_path):
   budget = script.BUDGETS[mode]
@@ -162,7 +189,10 @@ def test_dry_run_prints_the_exact_commands(script, tmp_path):
   pairs_p10 = next(line for line in lines if 'runs/pairs_p10-seed1 ' in line)
   assert '--config.data.max_records.paired=2360' in pairs_p10 and 'data_pairs' in pairs_p10
   warmup = next(line for line in lines if 'runs/row14_warmup-seed3 ' in line)
-  assert ' --config.cycle.start_step=400' in warmup and 'start_step' not in itit_u10
+  assert ' --config.cycle.start_step=400' in warmup
+  assert ' --config.cycle.start_step=400' in itit_u10
+  row14 = next(line for line in lines if 'runs/row14-seed3 ' in line)
+  assert 'start_step' not in row14
   assert '-m itit.sample' in text and '--cycle=4' in text
   assert not out.exists()  # a dry run writes nothing
 
@@ -261,9 +291,13 @@ def test_report_table_and_scaling_plot(script, tmp_path):
   cells = study.make_cells(script.CELLS)
   results = study.load_results(str(out))
   series = study.scaling_series(cells, results, 'shapes/i2t_exact')
-  itit, pairs = series.values()
-  assert [(x, round(m, 6)) for x, m, _ in itit] == [(0, 60.0), (1960, 60.0), (19600, 90.0)]
+  assert list(series) == list(study.SCALING_SERIES)
+  itit, pairs, from_step0 = series.values()
+  # ITIT's curve is the warm-up recipe (itit_u10, row14_warmup); row 14 from step 0 and the
+  # sweep's row14_p10 are not on it.
+  assert [(x, round(m, 6)) for x, m, _ in itit] == [(0, 60.0), (1960, 60.0), (19600, 99.0)]
   assert [(x, round(m, 6)) for x, m, _ in pairs] == [(0, 60.0), (1960, 55.0)]
+  assert [(x, round(m, 6)) for x, m, _ in from_step0] == [(19600, 90.0)]
   row3_curve, row14_curve = study.sweep_series(cells, results, 'shapes/i2t_exact').values()
   assert [(x, round(m, 6)) for x, m, _ in row3_curve] == [(400, 60.0), (2360, 55.0)]
   assert [(x, round(m, 6)) for x, m, _ in row14_curve] == [(400, 90.0), (2360, 75.0)]
