@@ -86,6 +86,10 @@ def get_config(arg=None):
       mask_ratio_min=0.5,
       mask_ratio_max_t2i=1.0,
       mask_ratio_max_i2t=0.75,
+      # 'truncated_gaussian' (the paper's, above) or 'cosine' (MaskGIT: the ratios decoding
+      # meets, down to one masked token; the T2I encoder pass then drops nothing). T2I only:
+      # the T2I loss and the cycles' T2I reconstructions (itit/losses.py t2i_image_mask).
+      t2i_mask_schedule='truncated_gaussian',
       # Loss switches: the paper's table 2 rows are presets of these.
       t2i=True,
       i2t=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from itit import errors
+from itit import masking
 from itit import partitioning
 
 NAN_POLICIES = ('halt', 'skip')
@@ -76,6 +77,10 @@ def check_mask_ratios(config) -> None:
           'does not hold')
   if not 0.0 <= loss.mask_ratio_mode <= 1.0:
     raise errors.UserError(f'loss.mask_ratio_mode={loss.mask_ratio_mode}: must be in [0, 1]')
+  schedules = masking.T2I_MASK_SCHEDULES
+  if loss.get('t2i_mask_schedule', schedules[0]) not in schedules:
+    raise errors.UserError(
+        f'loss.t2i_mask_schedule={loss.t2i_mask_schedule!r}: use one of {", ".join(schedules)}')
   if loss.mask_ratio_std <= 0:
     raise errors.UserError(f'loss.mask_ratio_std={loss.mask_ratio_std}: must be positive')
   if loss.mask_ratio_min * num_tokens < config.model.num_dropped:

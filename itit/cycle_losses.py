@@ -115,12 +115,12 @@ def t2i2t_cycle(params, text_ids, pseudo_image, rng, *, model, config, determini
   batch, num_tokens = pseudo_image.shape
   (mask_rng, text_rng, encode_rng, image_rng, gumbel_rng, second_mask_rng, second_encode_rng,
    decode_rng) = jax.random.split(rng, 8)
-  mask = losses.sample_image_mask(mask_rng, batch, num_tokens, config.loss,
-                                  config.loss.mask_ratio_max_t2i, config.model.num_dropped)
+  mask, num_dropped = losses.t2i_image_mask(mask_rng, batch, num_tokens, config)
   text_features = _apply(model, first_params, text_rng, ITIT.encode_text, text_ids,
                          deterministic=deterministic)
   encoded = _apply(model, first_params, encode_rng, ITIT.encode, pseudo_image, mask,
-                   text_features, text_ids != PAD_ID, deterministic=deterministic)
+                   text_features, text_ids != PAD_ID, deterministic=deterministic,
+                   num_dropped=num_dropped)
   encoded = _first_pass_output(encoded, c.stop_first_encoder_grad)
   image_logits = _apply(model, params, image_rng, ITIT.decode_image, encoded,
                         deterministic=deterministic)
@@ -192,10 +192,10 @@ def i2t2i_cycle(params, image_tokens, pseudo_text, rng, *, model, config, determ
   text_features = _apply(model, params, text_rng, ITIT.encode_text, predicted_text, text_mask,
                          deterministic=deterministic)
 
-  second_mask = losses.sample_image_mask(second_mask_rng, batch, num_tokens, config.loss,
-                                         config.loss.mask_ratio_max_t2i, config.model.num_dropped)
+  second_mask, num_dropped = losses.t2i_image_mask(second_mask_rng, batch, num_tokens, config)
   second_encoded = _apply(model, params, second_encode_rng, ITIT.encode, image_tokens,
-                          second_mask, text_features, text_mask, deterministic=deterministic)
+                          second_mask, text_features, text_mask, deterministic=deterministic,
+                          num_dropped=num_dropped)
   image_logits = _apply(model, params, image_rng, ITIT.decode_image, second_encoded,
                         deterministic=deterministic)
   loss, accuracy = losses.masked_token_loss(image_logits, image_tokens, second_mask,

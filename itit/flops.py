@@ -191,10 +191,12 @@ def loss_flops(config, name: str) -> dict:
   mc, c = config.model, config.cycle
   n, nd, L = mc.image_grid ** 2, mc.num_dropped, mc.max_text_len
   kept = n - nd
+  # A T2I reconstruction's encoder pass drops nothing under the cosine mask schedule.
+  t2i_kept = n if config.loss.get('t2i_mask_schedule') == 'cosine' else kept
   empty = text_encoder(mc, 1, 1)
   if name == 't2i':
     b = config.batch.paired
-    train = (_text_encoder_train(mc, b, L) + 3 * encoder(mc, b, kept, L)
+    train = (_text_encoder_train(mc, b, L) + 3 * encoder(mc, b, t2i_kept, L)
              + 3 * image_decoder(mc, b))
     return {'train': train, 'synthesis': 0.0}
   if name == 'i2t':
@@ -216,7 +218,7 @@ def loss_flops(config, name: str) -> dict:
     synthesis = image_sampler(mc, b, L, c.synthesis_steps, bool(c.guidance_scale))
     text = (text_encoder(mc, b, L) if c.stop_first_encoder_grad
             else _text_encoder_train(mc, b, L))
-    train = (text + first_encoder * encoder(mc, b, kept, L)
+    train = (text + first_encoder * encoder(mc, b, t2i_kept, L)
              + (1 if half else 3) * image_decoder(mc, b)
              + 3 * encoder(mc, b, kept, 1, image_distributions=True) + empty
              + 3 * text_decoder(mc, b, kept + 1, L))
@@ -228,7 +230,7 @@ def loss_flops(config, name: str) -> dict:
     train = (first_encoder * encoder(mc, b, kept, 1) + empty
              + (1 if half else 3) * text_decoder(mc, b, kept + 1, L)
              + _text_encoder_train(mc, b, L, distributions=True, input_grad=not half)
-             + 3 * encoder(mc, b, kept, L) + 3 * image_decoder(mc, b))
+             + 3 * encoder(mc, b, t2i_kept, L) + 3 * image_decoder(mc, b))
     return {'train': train, 'synthesis': synthesis}
   raise ValueError(f'flops: unknown loss {name!r}')
 

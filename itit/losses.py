@@ -83,6 +83,27 @@ def sample_image_mask(rng, batch, num_tokens, loss_config, max_ratio, min_masked
   return masking.random_mask(mask_rng, batch, num_tokens, ratio, min_masked)
 
 
+def t2i_image_mask(rng, batch, num_tokens, config):
+  """The mask of a T2I reconstruction [B, N] and the `num_dropped` its encoder pass uses.
+
+  config.loss.t2i_mask_schedule: 'truncated_gaussian' (the paper's: ratios >= mask_ratio_min,
+  `model.num_dropped` masked tokens dropped from the encoder) or 'cosine' (MaskGIT's: every
+  ratio that cosine-schedule decoding meets, down to one masked token; nothing is dropped and
+  the masked tokens enter the encoder as [MASK], as at inference).
+  """
+  schedule = config.loss.get('t2i_mask_schedule', 'truncated_gaussian')
+  if schedule == 'cosine':
+    ratio_rng, mask_rng = jax.random.split(rng)
+    ratio = masking.cosine_mask_ratio(ratio_rng, (batch,))
+    return masking.random_mask(mask_rng, batch, num_tokens, ratio), 0
+  if schedule != 'truncated_gaussian':
+    raise ValueError(
+        f'loss.t2i_mask_schedule={schedule!r}: use one of {masking.T2I_MASK_SCHEDULES}')
+  num_dropped = config.model.num_dropped
+  return sample_image_mask(rng, batch, num_tokens, config.loss, config.loss.mask_ratio_max_t2i,
+                           num_dropped), num_dropped
+
+
 def _apply(model, params, rng, method, *args, deterministic=False, **kwargs):
   """model.apply with the 'dropout' rng; deterministic=True turns dropout off (evaluation)."""
   return model.apply({'params': params}, *args, deterministic=deterministic, method=method,
@@ -126,12 +147,11 @@ def t2i_loss(params, batch, rng, *, model, config, deterministic=False):
   image_tokens, text_ids = batch['image_tokens'], batch['text_ids']
   batch_size, num_tokens = image_tokens.shape
   mask_rng, text_rng, encode_rng, image_rng = jax.random.split(rng, 4)
-  mask = sample_image_mask(mask_rng, batch_size, num_tokens, config.loss,
-                           config.loss.mask_ratio_max_t2i, config.model.num_dropped)
+  mask, num_dropped = t2i_image_mask(mask_rng, batch_size, num_tokens, config)
   text_features = _apply(model, params, text_rng, ITIT.encode_text, text_ids,
                          deterministic=deterministic)
   encoded = _apply(model, params, encode_rng, ITIT.encode, image_tokens, mask, text_features,
-                   text_ids != PAD_ID, deterministic=deterministic)
+                   text_ids != PAD_ID, deterministic=deterministic, num_dropped=num_dropped)
   image_logits = _apply(model, params, image_rng, ITIT.decode_image, encoded,
                         deterministic=deterministic)
   loss, accuracy = masked_token_loss(image_logits, image_tokens, mask,

@@ -26,6 +26,17 @@ def sample_mask_ratio(rng, shape, mode=0.75, std=0.25, min=0.5, max=1.0):
   return jnp.clip(ratio, min, max)
 
 
+# Mask-ratio distributions of a T2I reconstruction (config.loss.t2i_mask_schedule).
+T2I_MASK_SCHEDULES = ('truncated_gaussian', 'cosine')
+
+
+def cosine_mask_ratio(rng, shape):
+  """Mask ratios cos(pi / 2 * u), u ~ U[0, 1): MaskGIT's training distribution, the fraction
+  still masked at a uniformly drawn step of cosine-schedule decoding (1 at the first step,
+  near 0 at the last)."""
+  return jnp.cos(0.5 * jnp.pi * jax.random.uniform(rng, shape, jnp.float32))
+
+
 def num_masked_tokens(ratio, num_tokens, min_masked=0):
   """round(ratio * num_tokens), at least max(min_masked, 1), at most num_tokens. int32."""
   count = jnp.round(jnp.asarray(ratio, jnp.float32) * num_tokens).astype(jnp.int32)

@@ -310,7 +310,8 @@ def write_report(cells, paths) -> str:
            f'Status: {len(runs)} of the plan\'s {sum(c.seeds for c in cells)} runs are finished'
            + ('.' if len(runs) >= sum(c.seeds for c in cells) else
               '; re-running the command continues the study where it stopped.'), '',
-           '- [table2.md](table2.md): the table', ('- [scaling.png](scaling.png): the scaling curve (ITIT: cycles from step '
+           '- [table2.md](table2.md): the table',
+           ('- [scaling.png](scaling.png): the scaling curve (ITIT: cycles from step '
             f'{dict(study.SCALING_RECIPE)["cycle.start_step"]}, the row-14 point beside it)'),
            '- [cells/](cells/): every run\'s metrics, command and time']
   if swept:

@@ -15,6 +15,7 @@ import pytest
 from configs import base
 from configs import tiny
 from itit import cycle_losses
+from itit import losses
 from itit import optimizer as optimizer_lib
 from itit import train
 from itit.models import itit
@@ -118,6 +119,34 @@ def test_i2t2i_gradient_flow(setup):
   check_cycle_gradient_flow(cycle_losses.i2t2i_cycle, 'loss__unpaired_image_loss', 'i2t2i',
                             'i2t2i_half', 'text_decoder', config, model, params,
                             (images, texts))
+
+
+def test_cycles_reconstruct_images_with_the_t2i_mask_schedule(setup, monkeypatch):
+  """Each cycle's T2I reconstruction (T2I2T's first pass, I2T2I's second) takes its mask and
+  encoder drop from `losses.t2i_image_mask`, so loss.t2i_mask_schedule reaches it."""
+  config, model, params, images, texts = setup
+  cosine = copy.deepcopy(config)
+  cosine.loss.t2i_mask_schedule = 'cosine'
+  calls = []
+  original = losses.t2i_image_mask
+
+  def spy(*args):
+    mask, num_dropped = original(*args)
+    calls.append((int(mask.sum(-1).min()), num_dropped))
+    return mask, num_dropped
+
+  monkeypatch.setattr(losses, 't2i_image_mask', spy)
+  for cycle_fn, inputs in ((cycle_losses.t2i2t_cycle, (texts, images)),
+                           (cycle_losses.i2t2i_cycle, (images, texts))):
+    values = {}
+    for name, cfg in (('paper', config), ('cosine', cosine)):
+      calls.clear()
+      values[name] = float(cycle_fn(params, *inputs, jax.random.PRNGKey(3), model=model,
+                                    config=cfg)[0])
+      assert len(calls) == 1 and np.isfinite(values[name])
+      expected = 0 if name == 'cosine' else config.model.num_dropped
+      assert calls[0][1] == expected and calls[0][0] >= max(expected, 1)
+    assert values['paper'] != values['cosine']
 
 
 def test_t2t_trains_the_text_decoder_only_and_i2i_never_it(setup):

@@ -114,11 +114,13 @@ def test_paired_train_losses_are_three_forwards(wide_model):
   batch = {'image_tokens': jnp.zeros((4, m.image_grid ** 2), jnp.int32),
            'text_ids': jnp.ones((4, m.max_text_len), jnp.int32)}
   loss_fns = train.make_loss_fns(config, model)
-  for name in ('t2i', 'i2t'):
-    fn = loss_fns[name][1]
+  cosine = config.copy_and_resolve_references()
+  cosine.loss.t2i_mask_schedule = 'cosine'  # the T2I encoder pass drops nothing
+  for name, cfg in (('t2i', config), ('i2t', config), ('t2i', cosine)):
+    fn = train.make_loss_fns(cfg, model)[name][1] if cfg is cosine else loss_fns[name][1]
     grad_fn = jax.value_and_grad(lambda p, fn=fn: fn(p, batch, jax.random.PRNGKey(0))[0])
     measured = xla_flops(grad_fn, params)
-    analytic = flops.loss_flops(config, name)
+    analytic = flops.loss_flops(cfg, name)
     assert analytic['synthesis'] == 0
     assert 0.9 * measured < analytic['train'] <= measured, (name, measured, analytic)
 
@@ -139,6 +141,26 @@ def test_one_step_samplers_match_xla(wide_model):
   measured = xla_flops(captioner, params, images)
   analytic = flops.captioner(m, 4, 1)
   assert 0.95 * measured < analytic <= measured, (measured, analytic)
+
+
+def test_cosine_t2i_schedule_counts_the_undropped_encoder():
+  config = tiny.get_config('row14')
+  m, length = config.model, config.model.max_text_len
+  n = m.image_grid ** 2
+  cosine = config.copy_and_resolve_references()
+  cosine.loss.t2i_mask_schedule = 'cosine'
+  extra = lambda b: 3 * (flops.encoder(m, b, n, length)
+                         - flops.encoder(m, b, n - m.num_dropped, length))
+  assert extra(1) > 0
+  for name, b, passes in (('t2i', config.batch.paired, 3),
+                          ('i2t2i', config.batch.unpaired_image, 3),
+                          ('t2i2t', config.batch.unpaired_text, 1)):
+    # T2I2T's first encoder pass is forward only: the cycle stops its gradient.
+    assert config.cycle.stop_first_encoder_grad
+    difference = (flops.loss_flops(cosine, name)['train']
+                  - flops.loss_flops(config, name)['train'])
+    assert difference == pytest.approx(extra(b) * passes / 3), name
+  assert flops.loss_flops(cosine, 'i2t') == flops.loss_flops(config, 'i2t')
 
 
 def test_cycle_step_counts_synthesis_per_step():

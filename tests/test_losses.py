@@ -10,6 +10,7 @@ import pytest
 
 from configs import tiny
 from itit import losses
+from itit import masking
 from itit.models import itit
 from itit.models.itit import ITIT
 
@@ -90,6 +91,56 @@ def test_paired_losses_run_and_report(setup):
   config_no_i2i.loss.i2i = False
   loss, metrics = run(losses.i2t_loss, config_no_i2i)
   assert set(metrics) == {'i2t_loss', 'i2t_token_accuracy'}
+
+
+def test_t2i_mask_schedules(setup):
+  config = setup[0]
+  n, dropped = 16, config.model.num_dropped
+  assert 0 < dropped
+  rng = jax.random.PRNGKey(0)
+  mask, num_dropped = losses.t2i_image_mask(rng, 4000, n, config)
+  counts = np.asarray(mask.sum(-1))
+  assert num_dropped == dropped and counts.min() >= dropped  # the paper's: ratio >= 0.5
+  cosine = config.copy_and_resolve_references()
+  cosine.loss.t2i_mask_schedule = 'cosine'
+  mask, num_dropped = losses.t2i_image_mask(rng, 4000, n, cosine)
+  counts = np.asarray(mask.sum(-1))
+  # Every count from one masked token to all of them, at cosine-schedule frequencies.
+  assert num_dropped == 0 and set(counts) == set(range(1, n + 1))
+  ratio = masking.cosine_mask_ratio(jax.random.split(rng)[0], (4000,))
+  np.testing.assert_array_equal(counts, np.clip(np.round(np.asarray(ratio) * n), 1, n))
+  bad = config.copy_and_resolve_references()
+  bad.loss.t2i_mask_schedule = 'linear'
+  with pytest.raises(ValueError, match="t2i_mask_schedule='linear'"):
+    losses.t2i_image_mask(rng, 2, n, bad)
+
+
+def test_t2i_loss_with_cosine_schedule_drops_nothing(setup):
+  """Under the cosine schedule the T2I encoder sees every position (masked ones as [MASK]), as
+  at inference: the loss equals that reference, and differs from dropping num_dropped tokens
+  (which a sparse mask cannot supply, so kept tokens would be dropped)."""
+  config, model, params, batch = setup
+  cosine = config.copy_and_resolve_references()
+  cosine.loss.t2i_mask_schedule = 'cosine'
+  rng = jax.random.PRNGKey(2)  # masks 4, 15 and 1 of the 16 tokens
+  loss, metrics = losses.t2i_loss(params, batch, rng, model=model, config=cosine,
+                                  deterministic=True)
+  mask_rng = jax.random.split(rng, 4)[0]
+  mask, _ = losses.t2i_image_mask(mask_rng, 3, 16, cosine)
+
+  def reference(num_dropped):
+    apply = functools.partial(model.apply, {'params': params}, deterministic=True)
+    features = apply(batch['text_ids'], method=ITIT.encode_text)
+    encoded = apply(batch['image_tokens'], mask, features, batch['text_ids'] != 0,
+                    num_dropped=num_dropped, method=ITIT.encode)
+    logits = apply(encoded, method=ITIT.decode_image)
+    return losses.masked_token_loss(logits, batch['image_tokens'], mask,
+                                    config.loss.label_smoothing)[0]
+
+  np.testing.assert_allclose(loss, reference(0), rtol=1e-5)
+  assert float(metrics['t2i_loss']) == float(loss)
+  assert np.asarray(mask.sum(-1)).min() < config.model.num_dropped  # a sparse row exists
+  assert abs(float(reference(config.model.num_dropped)) - float(loss)) > 1e-4
 
 
 def test_i2t_gradient_to_encoder_is_scaled(setup):

@@ -41,6 +41,17 @@ def test_mask_ratio_rejects_bad_bounds():
     masking.sample_mask_ratio(jax.random.PRNGKey(0), (3,), std=0.0)
 
 
+def test_cosine_mask_ratio_is_the_decoding_schedule():
+  """ratio = cos(pi/2 u), u ~ U[0, 1): P(ratio <= x) = 1 - (2 / pi) arccos(x), on (0, 1]."""
+  ratio = np.asarray(masking.cosine_mask_ratio(jax.random.PRNGKey(0), (200_000,)))
+  assert ratio.min() > 0.0 and ratio.max() <= 1.0
+  for x in (0.05, 0.2, 0.5, 0.75, 0.95):
+    assert abs((ratio <= x).mean() - (1 - 2 / np.pi * np.arccos(x))) < 0.005, x
+  # Sparse masks are common: a quarter of the draws mask less than 38% of the tokens, which the
+  # paper's truncated Gaussian (min 0.5) never does.
+  assert abs((ratio < np.cos(0.375 * np.pi)).mean() - 0.25) < 0.005
+
+
 def test_random_mask_counts():
   ratio = jnp.array([0.0, 0.3, 0.5, 0.76, 1.0])
   mask = masking.random_mask(jax.random.PRNGKey(0), 5, 16, ratio, min_masked=8)

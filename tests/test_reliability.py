@@ -362,6 +362,8 @@ def test_unknown_config_field_is_one_error_line(data_dir, tmp_path):
     ({'loss.mask_ratio_min': 0.75, 'loss.mask_ratio_max_i2t': 0.5}, errors.UserError,
      r'loss\.mask_ratio_min=0\.75 <= loss\.mask_ratio_max_i2t=0\.5 <= 1 does not hold'),
     ({'loss.mask_ratio_mode': 1.5}, errors.UserError, r'mask_ratio_mode=1\.5: must be in'),
+    ({'loss.t2i_mask_schedule': 'linear'}, errors.UserError,
+     r"loss\.t2i_mask_schedule='linear': use one of truncated_gaussian, cosine"),
     ({'loss.mask_ratio_min': 0.1, 'model.num_dropped': 8}, errors.UserError,
      r'model\.num_dropped=8 tokens are dropped .* masks only 1\.6 of 16'),
 ])
