@@ -148,6 +148,51 @@ def test_shapes_and_cycle_metrics_written(shapes_run, inception_npz):
           metrics['cycle/i2t2i_fid'], rel=1e-6)
 
 
+def test_mask_ratio_scores_by_hand():
+  script = load_script('mask_ratio_accuracy')
+  image_tokens = np.array([[7, 7, 3, 5], [7, 7, 7, 4]])
+  predicted = np.array([[7, 2, 3, 7], [5, 7, 7, 4]])
+  mask = np.array([[True, True, True, True], [True, False, False, True]])
+  scores = script.ratio_scores(predicted, image_tokens, mask, background=7)
+  # Masked: background 7, 7, 7 (right, wrong, wrong), objects 3, 5, 4 (right, wrong, right).
+  assert scores['all'] == pytest.approx(3 / 6)
+  assert scores['background'] == pytest.approx(1 / 3)
+  assert scores['object'] == pytest.approx(2 / 3)
+  assert scores['object_for_background'] == pytest.approx(2 / 3)
+  assert scores['background_for_object'] == pytest.approx(1 / 3)
+  assert np.isnan(script.ratio_scores(predicted, image_tokens, mask & False, 7)['all'])
+
+
+@pytest.mark.slow
+def test_mask_ratio_script_predicts_what_the_sampler_sees(shapes_run, capsys):
+  """The script's predictions are the argmax of the sampler's own conditional logits
+  (`generate.image_logits_fn`), for both encoder inputs; its table covers every ratio."""
+  from itit import generate  # pylint: disable=g-import-not-at-top
+  from itit.models.itit import ITIT  # pylint: disable=g-import-not-at-top
+  script = load_script('mask_ratio_accuracy')
+  workdir, _ = shapes_run
+  config, model, params, _ = evaluate.load_run(workdir)
+  source = shards.open_shards(os.path.join(config.data.dir, 'test'))
+  batch = source.read_batch(np.arange(4))
+  image_tokens = jnp.asarray(batch['image_tokens'], jnp.int32)
+  text_ids = jnp.asarray(batch['text_ids'], jnp.int32)
+  mask = jax.random.uniform(jax.random.PRNGKey(0), image_tokens.shape) < 0.2
+  features = model.apply({'params': params}, text_ids, deterministic=True,
+                         method=ITIT.encode_text)
+  for matched, drop in ((False, 0), (True, config.model.num_dropped)):
+    logits_fn = generate.image_logits_fn(model, params, features, text_ids != 0, 0.0, matched)
+    expected = np.argmax(logits_fn(image_tokens, mask)[0], -1)
+    got = script.predictor(model, params, drop)(image_tokens, text_ids, mask)
+    np.testing.assert_array_equal(got, expected)
+  script.main([f'--workdir={workdir}', '--num_examples=4'])
+  rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| 0')
+          or line.startswith('| 1 ')]
+  assert len(rows) == 2 * len(script.RATIOS)
+  for row in rows:
+    values = [float(v) for v in row.strip(' |').split(' | ')[2:]]
+    assert all(0.0 <= v <= 1.0 for v in values if not np.isnan(v)), row
+
+
 def _coco_fixture(root, num_images=6):
   """COCO-style folders (val2014/ of small JPEGs) and a Karpathy dataset_coco.json."""
   rng = np.random.default_rng(0)
