@@ -274,12 +274,51 @@ def sample_command(run: Run, paths: Paths, budget, prompts, out: str) -> list[st
           + [f'--{key}={value}' for key, value in settings.items()])
 
 
-def train_config(run: Run, paths: Paths, budget, counts):
+def train_config(run: Run, paths: Paths, budget, counts, fid: bool = False):
   """The run's training config, built as `itit.train` builds it from the command."""
   from configs import shapes  # pylint: disable=g-import-not-at-top
   config = shapes.get_config(f'row{run.cell.row}')
-  return set_fields(config, train_overrides(run, paths, budget, counts, fid=False),
+  return set_fields(config, train_overrides(run, paths, budget, counts, fid=fid),
                     f'budget train ({run.name})')
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def config_changes(saved: dict, now: dict, defaults: dict) -> list[str]:
+  """'field: saved -> now' for each config field a run was started with (`saved`, its workdir's
+  config.json) that the plan would now set differently (`now`). A field the saved config lacks
+  was added to the code since: the run had the behaviour of its `defaults` value (new fields
+  default to the old behaviour in configs/base.py), or is not compared if base has none.
+  All three are nested dicts as JSON holds them."""
+  saved, now, defaults = _flatten(saved), _flatten(now), _flatten(defaults)
+  changes = []
+  for key in sorted(set(saved) | set(now)):
+    if key not in saved and key not in defaults:
+      continue
+    old = saved.get(key, defaults.get(key))
+    new = now.get(key, '(removed)')
+    if old != new:
+      changes.append(f'{key}: {old!r} -> {new!r}')
+  return changes
+
+
+def run_config_changes(run: Run, paths: Paths, budget, counts, fid: bool) -> list[str]:
+  """`config_changes` of a started run (none if its workdir holds no config.json yet): a
+  change to configs/*.py or to the code's defaults since it started, which would make its
+  results, or its resumed training, differ from the plan's."""
+  path = os.path.join(paths.run(run), 'config.json')
+  if not os.path.isfile(path):
+    return []
+  now = json.loads(train_config(run, paths, budget, counts, fid).to_json())
+  return config_changes(read_json(path), now, json.loads(base.get_config().to_json()))
 
 
 def estimated_seconds(run: Run, paths: Paths, budget, counts) -> float:

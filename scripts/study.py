@@ -408,6 +408,16 @@ def main(argv=None, runner=run_command, log=print) -> int:
         'finished cells would be mixed with new ones. Use another --out, or delete its '
         'cells/, work/runs/ and study.json to start over.')
     return 1
+  drift = [f'{run.name}: {change}' for run in study.plan_runs(cells)
+           for change in study.run_config_changes(run, paths, budget,
+                                                  study.cell_counts(run.cell, budget),
+                                                  bool(fid_source))]
+  if drift:
+    log(f'error: the configs have changed since runs in {out} started ({"; ".join(drift[:6])}'
+        f'{"; ..." if len(drift) > 6 else ""}); new runs would not be comparable with them. '
+        'Pin the old value in the study\'s budget or a cell\'s overrides, or start over in '
+        'another --out.')
+    return 1
   now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
   command = shlex.join(['python', 'scripts/study.py'] + (argv or sys.argv[1:]))
   study.write_json_atomic(meta_path, dict(

@@ -197,6 +197,48 @@ def test_dry_run_prints_the_exact_commands(script, tmp_path):
   assert not out.exists()  # a dry run writes nothing
 
 
+def test_config_changes_fill_new_fields_from_base_defaults():
+  saved = {'loss': {'t2i': True}, 'model': {'width': 64}, 'gone': 1}
+  now = {'loss': {'t2i': True, 't2i_mask_schedule': 'cosine', 'new_without_default': 3},
+         'model': {'width': 64}}
+  defaults = {'loss': {'t2i': True, 't2i_mask_schedule': 'truncated_gaussian'}}
+  # A field added since the run started counts as base's default; a field with no default is
+  # not compared; a removed field is a change.
+  assert study.config_changes(saved, now, defaults) == [
+      "gone: 1 -> '(removed)'", "loss.t2i_mask_schedule: 'truncated_gaussian' -> 'cosine'"]
+  now['loss']['t2i_mask_schedule'] = 'truncated_gaussian'
+  now['gone'] = 1
+  assert study.config_changes(saved, now, defaults) == []
+
+
+def test_a_config_change_since_a_run_started_stops_the_study(script, tmp_path):
+  out, vqgan = tmp_path / 'out', tmp_path / 'vqgan'
+  vqgan.mkdir()
+  args = ['--out', str(out), '--quick', '--vqgan', str(vqgan)]
+  budget = script.BUDGETS['quick']
+  paths = study.Paths(str(out), str(out / 'work'), str(vqgan))
+  run = study.Run({c.name: c for c in study.make_cells(script.CELLS)}['row14'], 1)
+  config = json.loads(study.train_config(run, paths, budget,
+                                         study.cell_counts(run.cell, budget)).to_json())
+  # Written before loss.t2i_mask_schedule existed: base's default is what the run did.
+  del config['loss']['t2i_mask_schedule']
+  workdir = out / 'work' / 'runs' / 'row14-seed1'
+  workdir.mkdir(parents=True)
+  (workdir / 'config.json').write_text(json.dumps(config))
+  fake = FakeCLIs()
+  assert script.main(args, runner=fake, log=quiet) == 0
+  assert 'row14-seed1' in fake.trained()  # resumed (the fake trainer keeps config.json)
+  # configs/shapes.py or a default changed since: the study stops before any command.
+  config['model']['width'] += 8
+  (workdir / 'config.json').write_text(json.dumps(config))
+  messages, again = [], FakeCLIs()
+  assert script.main(args, runner=again, log=messages.append) == 1
+  assert again.commands == []
+  width = config['model']['width']
+  assert f'row14-seed1: model.width: {width} -> {width - 8}' in messages[-1]
+  assert 'configs have changed since runs in' in messages[-1]
+
+
 def test_runs_resume_and_never_touch_finished_cells(script, tmp_path):
   out = tmp_path / 'out'
   vqgan = tmp_path / 'vqgan'
