@@ -8,7 +8,8 @@ masks for every variant), predicts them from the rest and the paired caption (ar
 conditional logits), and prints per ratio: accuracy over masked tokens, over masked background
 tokens (the split's most frequent code) and masked object tokens, and how often a background
 token is predicted as an object (which grows objects into blobs) or an object token as
-background. Two encoder inputs: MAGE's (every masked token enters as [MASK], the sampler's
+background. `--unconditional` predicts from the empty text instead: guidance's unconditional
+branch, trained by I2I. Two encoder inputs: MAGE's (every masked token enters as [MASK], the sampler's
 default) and the training-matched one (up to `model.num_dropped` masked tokens hidden,
 `eval.train_matched_drop`). Results are printed as a Markdown table.
 """
@@ -33,14 +34,18 @@ from itit.models.itit import ITIT
 RATIOS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 0.9, 1.0)
 
 
-def predictor(model, params, drop_up_to: int):
-  """(image tokens [B, N], text ids [B, L], mask [B, N]) -> argmax predictions [B, N]."""
+def predictor(model, params, drop_up_to: int, unconditional: bool = False):
+  """(image tokens [B, N], text ids [B, L], mask [B, N]) -> argmax predictions [B, N];
+  `unconditional`: with the empty text instead (guidance's unconditional branch)."""
 
   @jax.jit
   def predict(image_tokens, text_ids, mask):
     apply = functools.partial(model.apply, {'params': params}, deterministic=True)
-    features = apply(text_ids, method=ITIT.encode_text)
-    encoded = apply(jnp.where(mask, 0, image_tokens), mask, features, text_ids != 0,
+    if unconditional:
+      features, text_mask = apply(*text_ids.shape, method=ITIT.empty_text)
+    else:
+      features, text_mask = apply(text_ids, method=ITIT.encode_text), text_ids != 0
+    encoded = apply(jnp.where(mask, 0, image_tokens), mask, features, text_mask,
                     num_dropped=0, drop_up_to=drop_up_to, method=ITIT.encode)
     return jnp.argmax(apply(encoded, method=ITIT.decode_image), -1)
 
@@ -68,6 +73,8 @@ def main(argv=None) -> None:
   parser.add_argument('--split', default='test', help="a prepared split of the run's data")
   parser.add_argument('--num_examples', type=int, default=256)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--unconditional', action='store_true',
+                      help='predict from the empty text (guidance\'s unconditional logits)')
   args = parser.parse_args(argv)
   config, model, params, step = evaluate.load_run(args.workdir, args.step)
   source = shards.open_shards(os.path.join(config.data.dir, args.split))
@@ -77,9 +84,11 @@ def main(argv=None) -> None:
   codes, counts = np.unique(image_tokens, return_counts=True)
   background = int(codes[np.argmax(counts)])
   print(f'{args.workdir} step {step}, {len(image_tokens)} {args.split} examples; background '
-        f'code {background} ({counts.max() / image_tokens.size:.1%} of tokens)\n')
-  variants = {'MAGE input': predictor(model, params, 0),
-              'train-matched drop': predictor(model, params, config.model.num_dropped)}
+        f'code {background} ({counts.max() / image_tokens.size:.1%} of tokens); '
+        f'{"the empty text" if args.unconditional else "the paired captions"}\n')
+  variants = {'MAGE input': predictor(model, params, 0, args.unconditional),
+              'train-matched drop': predictor(model, params, config.model.num_dropped,
+                                              args.unconditional)}
   columns = ('all', 'background', 'object', 'object_for_background', 'background_for_object')
   print('| mask ratio | encoder input | ' + ' | '.join(columns) + ' |')
   print('|---|---|' + '---:|' * len(columns))

@@ -165,8 +165,9 @@ def test_mask_ratio_scores_by_hand():
 
 @pytest.mark.slow
 def test_mask_ratio_script_predicts_what_the_sampler_sees(shapes_run, capsys):
-  """The script's predictions are the argmax of the sampler's own conditional logits
-  (`generate.image_logits_fn`), for both encoder inputs; its table covers every ratio."""
+  """The script's predictions are the argmax of the sampler's own conditional and
+  unconditional logits (`generate.image_logits_fn`), for both encoder inputs; its table covers
+  every ratio."""
   from itit import generate  # pylint: disable=g-import-not-at-top
   from itit.models.itit import ITIT  # pylint: disable=g-import-not-at-top
   script = load_script('mask_ratio_accuracy')
@@ -180,10 +181,11 @@ def test_mask_ratio_script_predicts_what_the_sampler_sees(shapes_run, capsys):
   features = model.apply({'params': params}, text_ids, deterministic=True,
                          method=ITIT.encode_text)
   for matched, drop in ((False, 0), (True, config.model.num_dropped)):
-    logits_fn = generate.image_logits_fn(model, params, features, text_ids != 0, 0.0, matched)
-    expected = np.argmax(logits_fn(image_tokens, mask)[0], -1)
-    got = script.predictor(model, params, drop)(image_tokens, text_ids, mask)
-    np.testing.assert_array_equal(got, expected)
+    logits_fn = generate.image_logits_fn(model, params, features, text_ids != 0, 2.0, matched)
+    conditional, unconditional = logits_fn(image_tokens, mask)
+    for logits, empty_text in ((conditional, False), (unconditional, True)):
+      got = script.predictor(model, params, drop, empty_text)(image_tokens, text_ids, mask)
+      np.testing.assert_array_equal(got, np.argmax(logits, -1))
   script.main([f'--workdir={workdir}', '--num_examples=4'])
   rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| 0')
           or line.startswith('| 1 ')]
