@@ -9,9 +9,9 @@ conditional logits), and prints per ratio: accuracy over masked tokens, over mas
 tokens (the split's most frequent code) and masked object tokens, and how often a background
 token is predicted as an object (which grows objects into blobs) or an object token as
 background. `--unconditional` predicts from the empty text instead: guidance's unconditional
-branch, trained by I2I. Two encoder inputs: MAGE's (every masked token enters as [MASK], the sampler's
-default) and the training-matched one (up to `model.num_dropped` masked tokens hidden,
-`eval.train_matched_drop`). Results are printed as a Markdown table.
+branch, trained by I2I. Two encoder inputs: MAGE's (every masked token enters as [MASK], the
+sampler's default) and the training-matched one (up to `model.num_dropped` masked tokens
+hidden, `eval.train_matched_drop`). Results are printed as a Markdown table.
 """
 from __future__ import annotations
 
