@@ -195,6 +195,55 @@ def test_mask_ratio_script_predicts_what_the_sampler_sees(shapes_run, capsys):
     assert all(0.0 <= v <= 1.0 for v in values if not np.isnan(v)), row
 
 
+def test_confusion_markdown_by_hand():
+  script = load_script('attribute_confusion')
+  counts = {'circle': {'circle': 3, 'square': 1, 'missing': 0},
+            'square': {'circle': 0, 'square': 0, 'missing': 0}}
+  lines = script.confusion_markdown(counts, 'size: small').splitlines()
+  assert lines[0] == '**size: small**'
+  assert lines[2] == '| scene \\ generated | circle | square | missing | objects | right |'
+  assert lines[4] == '| circle | 75% | 25% | 0% | 4 | 75.0% |'
+  assert lines[5] == '| square | – | – | – | 0 | – |'
+  assert lines[-1] == 'All: 75.0% of 4 objects.'
+
+
+@pytest.mark.slow
+def test_attribute_confusion_script_agrees_with_the_shapes_evaluator(shapes_run, capsys):
+  """Its caption table is the evaluator's I2T shape accuracy, its reconstruction table the
+  VQGAN ceiling, and every section counts every target object once."""
+  from itit import shapes_eval  # pylint: disable=g-import-not-at-top
+  script = load_script('attribute_confusion')
+  workdir, _ = shapes_run
+  script.main([f'--workdir={workdir}', '--num_examples=8', '--num_steps=2'])
+  out = capsys.readouterr().out
+  config, model, params, _ = evaluate.load_run(workdir)
+  evaluator = shapes_eval.ShapesEvaluator(
+      model, os.path.join(config.data.dir, 'test'), num_examples=8, batch_size=8,
+      image_kwargs=dict(num_steps=2))
+  metrics, _ = evaluator.run(params, jax.random.PRNGKey(0))
+  sections = {s.split('\n', 1)[0]: s for s in out.split('\n## ')[1:]}
+  assert list(sections) == ['T2I (generated images)', 'I2T (captions)',
+                            'VQGAN reconstructions (the T2I ceiling)']
+  num_objects = sum(len(scene.objects) for scene in evaluator.scenes)
+  for section in sections.values():
+    totals = [line for line in section.splitlines() if line.startswith('All: ')]
+    assert len(totals) == len(shapes.SIZES)
+    assert sum(int(line.split(' of ')[1].split()[0]) for line in totals) == num_objects
+
+  def accuracy(section):
+    right = 0.0
+    for line in section.splitlines():
+      if line.startswith('All: '):
+        percent, rest = line[len('All: '):].split('% of ')
+        right += float(percent) / 100 * int(rest.split()[0])
+    return right / num_objects
+
+  assert accuracy(sections['I2T (captions)']) == pytest.approx(metrics['shapes/i2t_shape'],
+                                                               abs=1e-3)
+  ceiling = sections['VQGAN reconstructions (the T2I ceiling)']
+  assert f'Exact scenes: {100 * metrics["shapes/vqgan_ceiling_exact"]:.1f}%.' in ceiling
+
+
 def _coco_fixture(root, num_images=6):
   """COCO-style folders (val2014/ of small JPEGs) and a Karpathy dataset_coco.json."""
   rng = np.random.default_rng(0)

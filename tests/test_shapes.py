@@ -282,7 +282,8 @@ def test_examples_are_deterministic_and_parse_back():
 # Metrics.
 
 
-def test_scene_metrics_on_a_hand_made_example():
+def _hand_made_example():
+  """(predicted, targets): 6 scenes, 8 target objects, each kind of miss once."""
   red = Obj('red', 'circle', 'small', 'top left')
   blue, green = Obj('blue', 'square', 'large', 'center'), Obj('green', 'triangle', 'small', 'right')
   white = Obj('white', 'cross', 'large', 'bottom')
@@ -296,6 +297,11 @@ def test_scene_metrics_on_a_hand_made_example():
       Scene((green,)),  # one of two objects found
       Scene((red, white)),  # an extra object
   ]
+  return predicted, targets
+
+
+def test_scene_metrics_on_a_hand_made_example():
+  predicted, targets = _hand_made_example()
   metrics = shapes.scene_metrics(predicted, targets)
   # 8 target objects; right per attribute: red, blue + green (shape wrong), -, -, green, red.
   assert metrics['color'] == pytest.approx(5 / 8)
@@ -307,6 +313,35 @@ def test_scene_metrics_on_a_hand_made_example():
   assert metrics['exact'] == pytest.approx(1 / 6)
   with pytest.raises(ValueError, match='predictions'):
     shapes.scene_metrics([None], targets)
+
+
+def test_attribute_confusion_on_the_hand_made_example():
+  predicted, targets = _hand_made_example()
+  counts = shapes_parse.attribute_confusion(predicted, targets, 'shape', by='size')
+  missing = shapes_parse.MISSING
+  nonzero = {size: {(t, p): n for t, row in table.items() for p, n in row.items() if n}
+             for size, table in counts.items()}
+  # Small: the red circle right twice and unparsed once; the green triangle drawn as a cross
+  # once and right once. Large: the blue square right once and missed once; the cross missed.
+  assert nonzero == {
+      'small': {('circle', 'circle'): 2, ('circle', missing): 1, ('triangle', 'cross'): 1,
+                ('triangle', 'triangle'): 1},
+      'large': {('square', 'square'): 1, ('square', missing): 1, ('cross', missing): 1}}
+  assert list(counts) == list(shapes.SIZES)
+  assert list(counts['small']) == list(shapes.SHAPES)
+  assert list(counts['small']['cross']) == list(shapes.SHAPES) + [missing]
+  # Without `by`: the diagonal is scene_metrics' accuracy, and every target object is counted.
+  for attribute in shapes.ATTRIBUTES:
+    table = shapes_parse.attribute_confusion(predicted, targets, attribute)
+    assert sum(sum(row.values()) for row in table.values()) == 8
+    right = sum(row[value] for value, row in table.items())
+    assert right / 8 == pytest.approx(shapes.scene_metrics(predicted, targets)[attribute])
+  with pytest.raises(ValueError, match='two different'):
+    shapes_parse.attribute_confusion(predicted, targets, 'shape', by='shape')
+  with pytest.raises(ValueError, match='two different'):
+    shapes_parse.attribute_confusion(predicted, targets, 'relation')
+  with pytest.raises(ValueError, match='predictions'):
+    shapes_parse.attribute_confusion(predicted[:2], targets, 'shape')
 
 
 def test_match_objects_pairs_by_agreement():

@@ -338,3 +338,41 @@ def scene_metrics(predicted: Sequence[shapes.Scene | None],
   metrics.update(relation=relation / len(target), count=count / len(target),
                  exact=exact / len(target))
   return metrics
+
+
+MISSING = 'missing'
+
+
+def attribute_confusion(predicted: Sequence[shapes.Scene | None],
+                        target: Sequence[shapes.Scene], attribute: str,
+                        by: str | None = None) -> dict:
+  """Counts of (target value, predicted value) of one attribute over all target objects.
+
+  The predicted object is the one `match_objects` pairs with the target object, as in
+  `scene_metrics`; an unmatched target object (or an unparseable scene) counts as `MISSING`.
+  `by`: another attribute; the counts are then split by that attribute's target value.
+
+  Returns {target value: {predicted value or MISSING: count}} over the attribute's values in
+  canonical order (every cell present, zeros included), or with `by`:
+  {by value: that dict}. The diagonal over all counts is `scene_metrics`' accuracy of the
+  attribute.
+  """
+  values = {'color': tuple(shapes.COLORS), 'shape': shapes.SHAPES, 'size': shapes.SIZES,
+            'region': shapes.REGIONS}
+  if attribute not in values or (by is not None and (by not in values or by == attribute)):
+    raise ValueError(f'attribute_confusion: attribute={attribute!r}, by={by!r}; use two '
+                     f'different ones of {", ".join(values)} (by may be None)')
+  if len(predicted) != len(target):
+    raise ValueError(f'attribute_confusion: got {len(predicted)} predictions for '
+                     f'{len(target)} targets')
+
+  def empty():
+    return {t: dict.fromkeys(values[attribute] + (MISSING,), 0) for t in values[attribute]}
+
+  counts = {g: empty() for g in values[by]} if by else empty()
+  for p, t in zip(predicted, target):
+    matched = match_objects(p, t) if p is not None else (None,) * len(t.objects)
+    for m, o in zip(matched, t.objects):
+      table = counts[getattr(o, by)] if by else counts
+      table[getattr(o, attribute)][MISSING if m is None else getattr(m, attribute)] += 1
+  return counts
