@@ -350,7 +350,9 @@ def eta_seconds(remaining_estimates, finished_estimates, finished_seconds) -> fl
 def budget_changes(saved: dict | None, budget: dict) -> list[str]:
   """'key: saved -> now' for each field of a study's recorded budget that differs (none when
   nothing was recorded); compared as JSON, as study.json stores it. The ETA prior ('estimate')
-  changes no result and is not compared."""
+  changes no result and is not compared. A 'train' override added since is not compared here:
+  it pins a config field (e.g. an old default kept after configs/ changed), and whether the
+  started runs had that value is `run_config_changes`' check, against their own configs."""
   if saved is None:
     return []
   now = json.loads(json.dumps(budget))
@@ -358,8 +360,9 @@ def budget_changes(saved: dict | None, budget: dict) -> list[str]:
   for section in sorted((set(saved) | set(now)) - {'estimate'}):
     old, new = saved.get(section), now.get(section)
     if isinstance(old, dict) and isinstance(new, dict):
+      keys = set(old) | (set(new) if section != 'train' else set())
       changes += [f'{section}.{k}: {old.get(k)!r} -> {new.get(k)!r}'
-                  for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+                  for k in sorted(keys) if old.get(k) != new.get(k)]
     elif old != new:
       changes.append(f'{section}: {old!r} -> {new!r}')
   return changes

@@ -384,3 +384,34 @@ def test_a_changed_budget_is_refused_not_mixed(script, tmp_path):
   budget = script.BUDGETS['quick']
   assert study.budget_changes(None, budget) == []
   assert study.budget_changes(json.loads(json.dumps(budget)), budget) == []
+  # A train override added since (a pinned config field) is left to the runs' config check;
+  # one removed, or a new key of another section, is a change.
+  pinned = dict(budget, train=dict(budget['train'], **{'loss.t2i_mask_schedule': 'cosine'}))
+  assert study.budget_changes(json.loads(json.dumps(budget)), pinned) == []
+  assert study.budget_changes(json.loads(json.dumps(pinned)), budget) == [
+      "train.loss.t2i_mask_schedule: 'cosine' -> None"]
+  grown = dict(budget, sample=dict(budget['sample'], top_k=5))
+  assert study.budget_changes(json.loads(json.dumps(budget)), grown) == [
+      'sample.top_k: None -> 5']
+
+
+def test_a_pinned_train_field_that_differs_from_the_runs_is_refused(script, tmp_path,
+                                                                   monkeypatch):
+  """Pinning a value the started runs did not have passes the budget check and is caught by
+  the runs' own configs."""
+  out, vqgan = tmp_path / 'out', tmp_path / 'vqgan'
+  vqgan.mkdir()
+  args = ['--out', str(out), '--quick', '--vqgan', str(vqgan), '--cells', 'row3']
+  assert script.main(args, runner=FakeCLIs(), log=quiet) == 0
+  budget = script.BUDGETS['quick']
+  paths = study.Paths(str(out), str(out / 'work'), str(vqgan))
+  run = study.Run({c.name: c for c in study.make_cells(script.CELLS)}['row3'], 1)
+  config = study.train_config(run, paths, budget, study.cell_counts(run.cell, budget))
+  (out / 'work' / 'runs' / 'row3-seed1' / 'config.json').write_text(config.to_json())
+  monkeypatch.setitem(script.BUDGETS, 'quick', dict(budget, train=dict(
+      budget['train'], **{'loss.t2i_mask_schedule': 'cosine'})))
+  fake, lines = FakeCLIs(), []
+  assert script.main(args, runner=fake, log=lines.append) == 1
+  assert fake.commands == []
+  assert "loss.t2i_mask_schedule: 'truncated_gaussian' -> 'cosine'" in lines[-1]
+  assert 'the configs have changed' in lines[-1]
