@@ -14,6 +14,7 @@ DIR/eval/<step>_coco_captions.json.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
@@ -44,6 +45,18 @@ def load_run(workdir: str, step: int | None = None):
     frozen = t5_loader.load_t5_params(config.model.text_encoder.path, config.model.text_encoder)
     params = t5_loader.merge(params, frozen)
   return config, itit_model.ITIT(config.model), params, step
+
+
+def run_argument_parser(doc: str) -> argparse.ArgumentParser:
+  """An argparse parser for a diagnostic script over one run's split: --workdir, --step,
+  --split, --num_examples, --seed; `doc`'s first paragraph is its description."""
+  parser = argparse.ArgumentParser(description=doc.split('\n\n')[0])
+  parser.add_argument('--workdir', required=True, help='an itit.train workdir')
+  parser.add_argument('--step', type=int, default=None, help='checkpoint (default latest)')
+  parser.add_argument('--split', default='test', help="a prepared split of the run's data")
+  parser.add_argument('--num_examples', type=int, default=256)
+  parser.add_argument('--seed', type=int, default=0)
+  return parser
 
 
 def markdown_table(workdir: str, step: int, metrics: dict, notes: list[str]) -> str:

@@ -12,7 +12,6 @@ of T2I). The diagonal over a table is `scene_metrics`' accuracy of the attribute
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -47,12 +46,7 @@ def confusion_markdown(counts: dict, title: str) -> str:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--workdir', required=True, help='an itit.train workdir')
-  parser.add_argument('--step', type=int, default=None, help='checkpoint (default latest)')
-  parser.add_argument('--split', default='test', help="a prepared split of the run's data")
-  parser.add_argument('--num_examples', type=int, default=256)
-  parser.add_argument('--seed', type=int, default=0)
+  parser = evaluate.run_argument_parser(__doc__)
   parser.add_argument('--attribute', default='shape', choices=shapes.ATTRIBUTES)
   parser.add_argument('--by', default='size', choices=shapes.ATTRIBUTES + ('none',))
   for name, kind in SAMPLER_FLAGS.items():

@@ -15,7 +15,6 @@ hidden, `eval.train_matched_drop`). Results are printed as a Markdown table.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -67,12 +66,7 @@ def ratio_scores(predicted, image_tokens, mask, background: int) -> dict[str, fl
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--workdir', required=True, help='an itit.train workdir')
-  parser.add_argument('--step', type=int, default=None, help='checkpoint (default latest)')
-  parser.add_argument('--split', default='test', help="a prepared split of the run's data")
-  parser.add_argument('--num_examples', type=int, default=256)
-  parser.add_argument('--seed', type=int, default=0)
+  parser = evaluate.run_argument_parser(__doc__)
   parser.add_argument('--unconditional', action='store_true',
                       help='predict from the empty text (guidance\'s unconditional logits)')
   args = parser.parse_args(argv)
