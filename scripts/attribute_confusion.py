@@ -48,12 +48,14 @@ def confusion_markdown(counts: dict, title: str) -> str:
 def main(argv=None) -> None:
   parser = evaluate.run_argument_parser(__doc__)
   parser.add_argument('--attribute', default='shape', choices=shapes.ATTRIBUTES)
-  parser.add_argument('--by', default='size', choices=shapes.ATTRIBUTES + ('none',))
+  parser.add_argument('--by', default=None, choices=shapes.ATTRIBUTES + ('none',),
+                      help="split by this attribute (default: size, or shape for --attribute=size)")
   for name, kind in SAMPLER_FLAGS.items():
     parser.add_argument(f'--{name}', type=kind, default=None,
                         help=f"T2I sampler's {name} (default: the run's eval.{name})")
   args = parser.parse_args(argv)
-  by = None if args.by == 'none' else args.by
+  by = args.by or ('shape' if args.attribute == 'size' else 'size')
+  by = None if by == 'none' else by
   if by == args.attribute:
     parser.error(f'--by must differ from --attribute ({args.attribute})')
   config, model, params, step = evaluate.load_run(args.workdir, args.step)
