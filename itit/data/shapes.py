@@ -48,9 +48,10 @@ GAP = 3.0  # reference pixels between two objects along their relation's axis
 DEFAULT_HELDOUT = (('red', 'triangle'), ('green', 'cross'), ('blue', 'circle'),
                    ('yellow', 'square'))
 
-_VALUES = {'color': tuple(COLORS), 'shape': SHAPES, 'size': SIZES, 'region': REGIONS}
-_ATTRIBUTE_OF_VALUE = {v: a for a, values in _VALUES.items() for v in values}
-assert len(_ATTRIBUTE_OF_VALUE) == sum(map(len, _VALUES.values())), 'attribute values collide'
+ATTRIBUTE_VALUES = {'color': tuple(COLORS), 'shape': SHAPES, 'size': SIZES, 'region': REGIONS}
+_ATTRIBUTE_OF_VALUE = {v: a for a, values in ATTRIBUTE_VALUES.items() for v in values}
+assert len(_ATTRIBUTE_OF_VALUE) == sum(map(len, ATTRIBUTE_VALUES.values())), (
+    'attribute values collide')
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -63,8 +64,9 @@ class Obj:
 
   def __post_init__(self):
     for name in ATTRIBUTES:
-      if getattr(self, name) not in _VALUES[name]:
-        raise ValueError(f'Obj.{name}={getattr(self, name)!r} is not one of {_VALUES[name]}.')
+      if getattr(self, name) not in ATTRIBUTE_VALUES[name]:
+        raise ValueError(
+            f'Obj.{name}={getattr(self, name)!r} is not one of {ATTRIBUTE_VALUES[name]}.')
 
 
 @dataclasses.dataclass(frozen=True)

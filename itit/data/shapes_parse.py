@@ -357,8 +357,7 @@ def attribute_confusion(predicted: Sequence[shapes.Scene | None],
   {by value: that dict}. The diagonal over all counts is `scene_metrics`' accuracy of the
   attribute.
   """
-  values = {'color': tuple(shapes.COLORS), 'shape': shapes.SHAPES, 'size': shapes.SIZES,
-            'region': shapes.REGIONS}
+  values = shapes.ATTRIBUTE_VALUES
   if attribute not in values or (by is not None and (by not in values or by == attribute)):
     raise ValueError(f'attribute_confusion: attribute={attribute!r}, by={by!r}; use two '
                      f'different ones of {", ".join(values)} (by may be None)')
