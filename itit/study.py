@@ -427,6 +427,53 @@ def table_markdown(cells, results) -> str:
   return '\n'.join(lines) + '\n'
 
 
+# The figures `seed_differences_markdown` compares with row 3 (all higher-is-better).
+DIFFERENCE_METRICS = (
+    ('shapes/i2t_tf_valid_accuracy', 'caption teacher-forced valid', 100.0),
+    ('shapes/i2t_color', 'caption colour', 100.0),
+    ('shapes/i2t_cider', 'caption CIDEr', 100.0),
+    ('shapes/t2i_color', 'T2I colour', 100.0),
+    ('shapes/t2i_shape', 'T2I shape', 100.0),
+    ('shapes_heldout_test/i2t_cider', 'caption CIDEr (held-out)', 100.0),
+)
+
+
+def seed_differences_markdown(cells, results, reference: str = 'row3',
+                              metrics=DIFFERENCE_METRICS) -> str:
+  """Each cell minus `reference` on the SAME seed: mean ± std of the differences, and on how
+  many seeds the cell is ahead ("2/3").
+
+  Cells trained on the reference's data with the same seed start from its initial parameters
+  and read its paired batches in its order (row 14 with a cycle warm-up is bitwise row 3 until
+  the cycles join), so a per-seed difference removes the seed's own luck, which the separate
+  means of `table_markdown` keep. Cells without a seed in common with the reference are left
+  out. Returns '' when no cell has one.
+  """
+  by_seed = {r['seed']: r['metrics'] for r in results.get(reference, [])}
+  header = ['cell', 'seeds'] + [label for _, label, _ in metrics]
+  lines = []
+  for cell in cells:
+    runs = [r for r in results.get(cell.name, []) if r['seed'] in by_seed]
+    if cell.name == reference or not runs:
+      continue
+    values = []
+    for metric, _, scale in metrics:
+      diffs = [scale * (r['metrics'][metric] - by_seed[r['seed']][metric]) for r in runs
+               if metric in r['metrics'] and metric in by_seed[r['seed']]]
+      if not diffs:
+        values.append('–')
+        continue
+      mean, std = mean_std(diffs)
+      spread = f' ± {std:.1f}' if len(diffs) > 1 else ''
+      values.append(f'{mean:+.1f}{spread} ({sum(d > 0 for d in diffs)}/{len(diffs)})')
+    lines.append('| ' + ' | '.join([cell.name, ','.join(str(r['seed']) for r in runs)]
+                                   + values) + ' |')
+  if not lines:
+    return ''
+  return '\n'.join(['| ' + ' | '.join(header) + ' |', '|---|---|' + '---:|' * len(metrics)]
+                   + lines) + '\n'
+
+
 # The ITIT recipe of the scaling curve: the cycles join at step 400 of the default budget's 800.
 # Row 14 with cycles from step 0 trains on pseudo pairs that are still noise at this budget and
 # ends below pairs only (docs/results/ANALYSIS.md, sections 1-3), which would make the curve a

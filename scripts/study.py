@@ -279,6 +279,13 @@ def write_report(cells, paths) -> str:
            'round-trip images against the source images, Inception features).')
   table = ('# Table 2 on the shapes world\n\n' + notes + '\n\n' +
            study.table_markdown(table_cells, results))
+  differences = study.seed_differences_markdown(
+      [c for c in table_cells if c.extra == 1.0 and not c.as_pairs], results)
+  if differences:
+    table += ('\n## Against row 3 on the same seed\n\nEach cell minus row 3 trained with the '
+              'same seed (same initial parameters and paired batches), in points: mean ± std '
+              'over the seeds both have, and on how many of them the cell is ahead.\n\n'
+              + differences)
   if any(c.name in results for c in scaling_cells):
     table += '\n## Scaling cells (figure 5)\n\n' + study.table_markdown(scaling_cells, results)
   swept = any(c.name in results for c in sweep_cells)

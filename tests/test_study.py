@@ -312,7 +312,9 @@ def test_report_table_and_scaling_plot(script, tmp_path):
   readme = script.write_report(study.make_cells(script.CELLS), paths)
 
   table = (out / 'table2.md').read_text()
-  rows = {line.split(' | ')[0][2:]: line.split(' | ') for line in table.splitlines()
+  # The cells' tables (the per-seed differences come later, with their own columns).
+  listed = table.split('## Against row 3')[0] + table.split('## Scaling cells')[1]
+  rows = {line.split(' | ')[0][2:]: line.split(' | ') for line in listed.splitlines()
           if line.startswith('| ') and not line.startswith('| cell')}
   header = next(line for line in table.splitlines() if line.startswith('| cell')).split(' | ')
   column = {name.strip(' |'): i for i, name in enumerate(header)}
@@ -329,6 +331,12 @@ def test_report_table_and_scaling_plot(script, tmp_path):
   assert table.index('## Scaling cells') < table.index('| itit_u10')
   assert table.index('## Paired-fraction sweep') < table.index('| row14_p10')
   assert rows['row14_p10'][column['data']] == '2360 pairs + 17640 unpaired'
+  # Against row 3 on the same seed: row 14's seeds 1-2 (seed 3 has no row-3 twin); no figure
+  # of DIFFERENCE_METRICS is in both.
+  differences = table.split('## Against row 3 on the same seed')[1].split('##')[0]
+  assert '| row14 | 1,2 | – | –' in differences
+  assert re.search(r'\| row14_warmup \| 1 \|', differences)
+  assert 'itit_u10' not in differences and 'row14_p10' not in differences
 
   cells = study.make_cells(script.CELLS)
   results = study.load_results(str(out))
@@ -357,6 +365,33 @@ def test_report_table_and_scaling_plot(script, tmp_path):
   assert 'ANALYSIS.md' not in text
   (out / 'ANALYSIS.md').write_text('# by hand')
   assert '[ANALYSIS.md](ANALYSIS.md)' in open(script.write_report(cells, paths)).read()
+
+
+def test_seed_differences_pair_runs_by_seed(script):
+  cells = study.make_cells(script.CELLS)
+  metrics = (('shapes/i2t_color', 'caption colour', 100.0),
+             ('shapes/t2i_shape', 'T2I shape', 100.0))
+  run = lambda seed, **m: {'seed': seed, 'metrics': m}
+  results = {
+      'row3': [run(1, **{'shapes/i2t_color': 0.40, 'shapes/t2i_shape': 0.30}),
+               run(2, **{'shapes/i2t_color': 0.60, 'shapes/t2i_shape': 0.30})],
+      # Seed 3 has no row-3 twin and must not count; seed 2 lacks T2I shape.
+      'row14': [run(1, **{'shapes/i2t_color': 0.45, 'shapes/t2i_shape': 0.20}),
+                run(2, **{'shapes/i2t_color': 0.50}),
+                run(3, **{'shapes/i2t_color': 0.99, 'shapes/t2i_shape': 0.99})],
+      'row7': [run(2, **{'shapes/i2t_color': 0.70, 'shapes/t2i_shape': 0.35})],
+      'row10': [run(3, **{'shapes/i2t_color': 0.5})],
+  }
+  table = study.seed_differences_markdown(cells, results, metrics=metrics)
+  rows = {line.split(' | ')[0][2:]: line.strip(' |').split(' | ')
+          for line in table.splitlines()[2:]}
+  # row 14: +5 and -10 points of caption colour (mean -2.5, std 10.6), ahead on 1 of 2 seeds.
+  assert rows['row14'] == ['row14', '1,2', '-2.5 ± 10.6 (1/2)', '-10.0 (0/1)']
+  assert rows['row7'] == ['row7', '2', '+10.0 (1/1)', '+5.0 (1/1)']
+  # No seed in common with row 3 (row10), and row 3 itself: no row.
+  assert set(rows) == {'row14', 'row7'}
+  assert table.splitlines()[0] == '| cell | seeds | caption colour | T2I shape |'
+  assert study.seed_differences_markdown(cells, {'row3': results['row3']}) == ''
 
 
 def test_eta_scales_the_prior_by_measured_time():
