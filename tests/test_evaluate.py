@@ -6,6 +6,7 @@ The run is built once for the module, mostly compiling the VQGAN, the train step
 samplers; the module took 3.7 min on two CPU cores shared with other jobs, so the tests that use
 the run carry the `slow` marker.
 """
+import collections
 import importlib.util
 import json
 import os
@@ -161,6 +162,53 @@ def test_mask_ratio_scores_by_hand():
   assert scores['object_for_background'] == pytest.approx(2 / 3)
   assert scores['background_for_object'] == pytest.approx(1 / 3)
   assert np.isnan(script.ratio_scores(predicted, image_tokens, mask & False, 7)['all'])
+
+
+def _lookup_reference(train_tokens, test_tokens, grid, background, codebook_size):
+  """neighbourhood_lookup_accuracy by dictionaries, position by position."""
+  def context(image, row, col):
+    return tuple(image[row + dy, col + dx]
+                 if 0 <= row + dy < grid and 0 <= col + dx < grid else codebook_size
+                 for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
+  counts = collections.defaultdict(collections.Counter)
+  for image in np.asarray(train_tokens).reshape(-1, grid, grid):
+    for row in range(grid):
+      for col in range(grid):
+        counts[context(image, row, col)][image[row, col]] += 1
+  right = seen = total = 0
+  for image in np.asarray(test_tokens).reshape(-1, grid, grid):
+    for row in range(grid):
+      for col in range(grid):
+        if image[row, col] == background:
+          continue
+        total += 1
+        table = counts.get(context(image, row, col))
+        if table:
+          seen += 1
+          best = min(table, key=lambda code: (-table[code], code))
+          right += int(best == image[row, col])
+  return right / total, seen / total, right / max(seen, 1), total
+
+
+def test_neighbourhood_lookup_by_hand_and_against_a_reference():
+  script = load_script('token_stats')
+  # 2x2 images: every position's context is its 3 neighbours and 5 off-image positions. The
+  # table learns "0 at the top left when the rest is 1, 1, 1" twice and "2" once: 0 wins.
+  train = np.array([[0, 1, 1, 1], [0, 1, 1, 1], [2, 1, 1, 1]])
+  test = np.array([[0, 1, 1, 1], [2, 1, 1, 1], [3, 0, 0, 0]])
+  scores = script.neighbourhood_lookup_accuracy(train, test, 2, background=1, codebook_size=4)
+  # Object tokens: 0 (right), 2 (wrong: the table says 0), 3, 0, 0, 0 (contexts unseen).
+  assert scores == {'object_accuracy': pytest.approx(1 / 6), 'coverage': pytest.approx(2 / 6),
+                    'seen_accuracy': pytest.approx(1 / 2), 'object_tokens': 6}
+  rng = np.random.default_rng(0)
+  for grid, codes in ((3, 2), (4, 3)):
+    train = rng.integers(0, codes, (400, grid * grid))
+    test = rng.integers(0, codes, (50, grid * grid))
+    scores = script.neighbourhood_lookup_accuracy(train, test, grid, 0, codes)
+    expected = _lookup_reference(train, test, grid, 0, codes)
+    assert 0 < scores['coverage'] < 1
+    assert (scores['object_accuracy'], scores['coverage'], scores['seen_accuracy'],
+            scores['object_tokens']) == pytest.approx(expected)
 
 
 @pytest.mark.slow
