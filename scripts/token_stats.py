@@ -43,14 +43,17 @@ def neighbourhood_lookup_accuracy(train_tokens, test_tokens, grid: int, backgrou
   def contexts(tokens):
     codes = np.asarray(tokens, np.int64).reshape(-1, grid, grid)
     padded = np.pad(codes, ((0, 0), (1, 1), (1, 1)), constant_values=codebook_size)
-    key = np.zeros_like(codes)
-    for dy in range(3):
-      for dx in range(3):
-        if (dy, dx) != (1, 1):  # (codebook_size + 1) ** 8 < 2 ** 63 for up to 200,000 codes
-          key = key * (codebook_size + 1) + padded[:, dy:dy + grid, dx:dx + grid]
-    return key.reshape(-1), codes.reshape(-1)
+    neighbours = [padded[:, dy:dy + grid, dx:dx + grid].reshape(-1)
+                  for dy in range(3) for dx in range(3) if (dy, dx) != (1, 1)]
+    return np.stack(neighbours, 1), codes.reshape(-1)
 
-  train_keys, train_codes = contexts(train_tokens)
+  train_contexts, train_codes = contexts(train_tokens)
+  test_contexts, test_codes = contexts(test_tokens)
+  # One integer per distinct context, shared by both sets (any codebook size fits).
+  _, context_ids = np.unique(np.concatenate([train_contexts, test_contexts]), axis=0,
+                             return_inverse=True)
+  context_ids = context_ids.reshape(-1)
+  train_keys, test_keys = context_ids[:len(train_codes)], context_ids[len(train_codes):]
   pairs, counts = np.unique(np.stack([train_keys, train_codes], 1), axis=0, return_counts=True)
   # Per context the most frequent code: sort by (context, -count, code), keep each first.
   order = np.lexsort((pairs[:, 1], -counts, pairs[:, 0]))
@@ -58,7 +61,6 @@ def neighbourhood_lookup_accuracy(train_tokens, test_tokens, grid: int, backgrou
   first = np.ones(len(pairs), bool)
   first[1:] = pairs[1:, 0] != pairs[:-1, 0]
   table_keys, table_codes = pairs[first, 0], pairs[first, 1]
-  test_keys, test_codes = contexts(test_tokens)
   is_object = test_codes != background
   test_keys, test_codes = test_keys[is_object], test_codes[is_object]
   where = np.clip(np.searchsorted(table_keys, test_keys), 0, len(table_keys) - 1)

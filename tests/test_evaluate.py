@@ -209,6 +209,13 @@ def test_neighbourhood_lookup_by_hand_and_against_a_reference():
     assert 0 < scores['coverage'] < 1
     assert (scores['object_accuracy'], scores['coverage'], scores['seen_accuracy'],
             scores['object_tokens']) == pytest.approx(expected)
+  # A 1,024-code tokenizer: 8 neighbours of 1,025 values do not fit one int64 as digits.
+  train = rng.choice([0, 1000, 1023], (400, 9))
+  test = rng.choice([0, 1000, 1023], (50, 9))
+  scores = script.neighbourhood_lookup_accuracy(train, test, 3, 0, 1024)
+  assert (scores['object_accuracy'], scores['coverage'], scores['seen_accuracy'],
+          scores['object_tokens']) == pytest.approx(_lookup_reference(train, test, 3, 0, 1024))
+  assert scores['coverage'] > 0
 
 
 @pytest.mark.slow
