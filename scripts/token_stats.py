@@ -60,12 +60,13 @@ def neighbourhood_lookup_accuracy(train_tokens, test_tokens, grid: int, backgrou
   pairs = pairs[order]
   first = np.ones(len(pairs), bool)
   first[1:] = pairs[1:, 0] != pairs[:-1, 0]
-  table_keys, table_codes = pairs[first, 0], pairs[first, 1]
+  # The table, indexed by context id: -1 where a context never occurs in training.
+  best_code = np.full(context_ids.max() + 1, -1, np.int64)
+  best_code[pairs[first, 0]] = pairs[first, 1]
   is_object = test_codes != background
-  test_keys, test_codes = test_keys[is_object], test_codes[is_object]
-  where = np.clip(np.searchsorted(table_keys, test_keys), 0, len(table_keys) - 1)
-  seen = table_keys[where] == test_keys
-  right = seen & (table_codes[where] == test_codes)
+  predicted = best_code[test_keys[is_object]]
+  seen = predicted >= 0
+  right = predicted == test_codes[is_object]
   return {'object_accuracy': float(right.mean()), 'coverage': float(seen.mean()),
           'seen_accuracy': float(right[seen].mean()) if seen.any() else 0.0,
           'object_tokens': int(is_object.sum())}
