@@ -30,7 +30,7 @@ from itit.models import vqgan
 
 
 def neighbourhood_lookup_accuracy(train_tokens, test_tokens, grid: int, background: int,
-                                  codebook_size: int) -> dict[str, float]:
+                                  codebook_size: int, groups=None) -> dict:
   """Predicts each test token from its 8 neighbours' codes by a table counted on train_tokens.
 
   train_tokens, test_tokens: [num_images, grid * grid] codes in [0, codebook_size). Positions
@@ -38,7 +38,9 @@ def neighbourhood_lookup_accuracy(train_tokens, test_tokens, grid: int, backgrou
   gives, per context, its most frequent centre code (ties: the smaller code). Returns, over the
   test tokens whose code is not `background`: 'object_accuracy' (a context never seen in
   training counts as wrong), 'coverage' (the share with a seen context) and 'seen_accuracy'
-  (accuracy on those), and 'object_tokens' (their number).
+  (accuracy on those), and 'object_tokens' (their number). With `groups` ([num_images,
+  grid * grid] labels of the test tokens, None to leave one out) also 'by_group': {label:
+  (object_accuracy, object_tokens)} over the labelled object tokens.
   """
   def contexts(tokens):
     codes = np.asarray(tokens, np.int64).reshape(-1, grid, grid)
@@ -67,9 +69,34 @@ def neighbourhood_lookup_accuracy(train_tokens, test_tokens, grid: int, backgrou
   predicted = best_code[test_keys[is_object]]
   seen = predicted >= 0
   right = predicted == test_codes[is_object]
-  return {'object_accuracy': float(right.mean()), 'coverage': float(seen.mean()),
-          'seen_accuracy': float(right[seen].mean()) if seen.any() else 0.0,
-          'object_tokens': int(is_object.sum())}
+  scores = {'object_accuracy': float(right.mean()), 'coverage': float(seen.mean()),
+             'seen_accuracy': float(right[seen].mean()) if seen.any() else 0.0,
+             'object_tokens': int(is_object.sum())}
+  if groups is not None:
+    token_groups = np.asarray(groups, object).reshape(-1)[is_object]
+    scores['by_group'] = {
+        label: (float(right[token_groups == label].mean()), int(np.sum(token_groups == label)))
+        for label in dict.fromkeys(g for g in token_groups if g is not None)}
+  return scores
+
+
+def object_labels(scenes, patches) -> np.ndarray:
+  """'<size> <shape>' of the one object each token's patch shows, found by colour.
+
+  patches: [num_images, tokens, pixels * 3] uint8 of the scenes' images. A token showing no
+  object, or both objects of a scene, and every token of a scene whose objects share a colour,
+  get None.
+  """
+  labels = np.full(patches.shape[:2], None, object)
+  for index, scene in enumerate(scenes):
+    if len({obj.color for obj in scene.objects}) < len(scene.objects):
+      continue
+    pixels = patches[index].reshape(patches.shape[1], -1, 3)
+    shows = np.stack([np.any(np.all(pixels == shapes.COLORS[obj.color], axis=-1), axis=-1)
+                      for obj in scene.objects])
+    for slot, obj in enumerate(scene.objects):
+      labels[index, shows[slot] & (shows.sum(0) == 1)] = f'{obj.size} {obj.shape}'
+  return labels
 
 
 def main():
@@ -109,11 +136,15 @@ def main():
   train_tokens = np.asarray(tokenize(train_images)).reshape(len(train_images), -1)
   background_code = int(codes[np.argmax(counts)])
   lookup = neighbourhood_lookup_accuracy(train_tokens, tokens, grid, background_code,
-                                         config.codebook_size)
+                                         config.codebook_size,
+                                         groups=object_labels(splits['test'], patches))
   print(f'object tokens from their 8 neighbours (a table of {len(train_images)} training '
         f'scenes, {lookup["object_tokens"]} test object tokens): {lookup["object_accuracy"]:.1%} '
         f'right; {lookup["coverage"]:.1%} have a context seen in training, '
-        f'{lookup["seen_accuracy"]:.1%} of those right')
+        f'{lookup["seen_accuracy"]:.1%} of those right; by the object a token shows:')
+  for label in sorted(lookup['by_group']):
+    accuracy, count = lookup['by_group'][label]
+    print(f'  {label:16s} {accuracy:6.1%} of {count} tokens')
 
 
 if __name__ == '__main__':

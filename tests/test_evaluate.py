@@ -200,6 +200,12 @@ def test_neighbourhood_lookup_by_hand_and_against_a_reference():
   # Object tokens: 0 (right), 2 (wrong: the table says 0), 3, 0, 0, 0 (contexts unseen).
   assert scores == {'object_accuracy': pytest.approx(1 / 6), 'coverage': pytest.approx(2 / 6),
                     'seen_accuracy': pytest.approx(1 / 2), 'object_tokens': 6}
+  # By token label: background tokens and None labels are left out.
+  labels = [['a', 'a', 'a', 'a'], ['b', None, 'a', 'a'], [None, 'a', 'a', 'b']]
+  grouped = script.neighbourhood_lookup_accuracy(train, test, 2, background=1, codebook_size=4,
+                                                 groups=labels)
+  # 'a': test[0][0] (right), test[2][1], test[2][2] (unseen); 'b': test[1][0] (wrong), test[2][3].
+  assert grouped['by_group'] == {'a': (pytest.approx(1 / 3), 3), 'b': (0.0, 2)}
   rng = np.random.default_rng(0)
   for grid, codes in ((3, 2), (4, 3)):
     train = rng.integers(0, codes, (400, grid * grid))
@@ -216,6 +222,24 @@ def test_neighbourhood_lookup_by_hand_and_against_a_reference():
   assert (scores['object_accuracy'], scores['coverage'], scores['seen_accuracy'],
           scores['object_tokens']) == pytest.approx(_lookup_reference(train, test, 3, 0, 1024))
   assert scores['coverage'] > 0
+
+
+def test_object_labels_name_the_object_each_patch_shows():
+  script = load_script('token_stats')
+  two = shapes.Scene((shapes.Obj('red', 'circle', 'small', 'left'),
+                      shapes.Obj('blue', 'square', 'large', 'right')))
+  same_colour = shapes.Scene((shapes.Obj('red', 'circle', 'small', 'left'),
+                              shapes.Obj('red', 'square', 'large', 'right')))
+  images = np.stack([shapes.render(scene, 32) for scene in (two, same_colour)])
+  patches = images.reshape(2, 8, 4, 8, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 64, -1)
+  labels = script.object_labels([two, same_colour], patches)
+  pixels = patches[0].reshape(64, 16, 3)
+  red = np.any(np.all(pixels == shapes.COLORS['red'], -1), -1)
+  blue = np.any(np.all(pixels == shapes.COLORS['blue'], -1), -1)
+  assert red.any() and blue.any() and not (red & blue).any()
+  expected = np.where(red, 'small circle', np.where(blue, 'large square', None))
+  assert labels[0].tolist() == expected.tolist()
+  assert all(label is None for label in labels[1])
 
 
 @pytest.mark.slow
