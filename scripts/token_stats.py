@@ -14,7 +14,8 @@ Also prints the tokens of an empty corner for one circle of each colour at the o
 neighbours: a lookup table from the training scenes' tokens (the most frequent code after each
 3x3 context) scored on the test scenes' object tokens (`neighbourhood_lookup_accuracy`). That
 is a floor for what a T2I model that has learnt the tokens' local composition predicts for a
-masked object token with its neighbours in view (scripts/mask_ratio_accuracy.py at ratio 0.05).
+masked object token with its neighbours in view (scripts/mask_ratio_accuracy.py at ratio 0.05),
+overall and by the size and shape of the object a token shows (`object_labels`).
 """
 import argparse
 import os
@@ -73,7 +74,10 @@ def neighbourhood_lookup_accuracy(train_tokens, test_tokens, grid: int, backgrou
              'seen_accuracy': float(right[seen].mean()) if seen.any() else 0.0,
              'object_tokens': int(is_object.sum())}
   if groups is not None:
-    token_groups = np.asarray(groups, object).reshape(-1)[is_object]
+    groups = np.asarray(groups, object)
+    if groups.size != is_object.size:
+      raise ValueError(f'groups: {groups.size} labels for {is_object.size} test tokens')
+    token_groups = groups.reshape(-1)[is_object]
     scores['by_group'] = {
         label: (float(right[token_groups == label].mean()), int(np.sum(token_groups == label)))
         for label in dict.fromkeys(g for g in token_groups if g is not None)}

@@ -206,6 +206,9 @@ def test_neighbourhood_lookup_by_hand_and_against_a_reference():
                                                  groups=labels)
   # 'a': test[0][0] (right), test[2][1], test[2][2] (unseen); 'b': test[1][0] (wrong), test[2][3].
   assert grouped['by_group'] == {'a': (pytest.approx(1 / 3), 3), 'b': (0.0, 2)}
+  with pytest.raises(ValueError, match='11 labels for 12 test tokens'):
+    script.neighbourhood_lookup_accuracy(train, test, 2, background=1, codebook_size=4,
+                                         groups=[None] * 11)
   rng = np.random.default_rng(0)
   for grid, codes in ((3, 2), (4, 3)):
     train = rng.integers(0, codes, (400, grid * grid))
