@@ -84,6 +84,13 @@ def neighbourhood_lookup_accuracy(train_tokens, test_tokens, grid: int, backgrou
   return scores
 
 
+def image_patches(images: np.ndarray, grid: int) -> np.ndarray:
+  """[num_images, size, size, 3] -> [num_images, grid * grid, pixels * 3], one row a token."""
+  patch = images.shape[1] // grid
+  patches = images.reshape(-1, grid, patch, grid, patch, 3).transpose(0, 1, 3, 2, 4, 5)
+  return patches.reshape(len(images), grid * grid, -1)
+
+
 def object_labels(scenes, patches) -> np.ndarray:
   """'<size> <shape>' of the one object each token's patch shows, found by colour.
 
@@ -118,8 +125,7 @@ def main():
                               num_test=args.num_scenes)
   images = np.stack([image for image, _ in shapes.examples(splits['test'], 0, size)])
   tokens = np.asarray(tokenize(images)).reshape(len(images), -1)
-  patches = images.reshape(-1, grid, patch, grid, patch, 3).transpose(0, 1, 3, 2, 4, 5)
-  patches = patches.reshape(len(images), grid * grid, -1)
+  patches = image_patches(images, grid)
   background = np.all(patches == np.asarray(shapes.BACKGROUND, np.uint8).repeat(
       patch * patch)[None, None], axis=-1)
   codes, counts = np.unique(tokens[background], return_counts=True)

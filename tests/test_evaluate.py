@@ -234,7 +234,9 @@ def test_object_labels_name_the_object_each_patch_shows():
   same_colour = shapes.Scene((shapes.Obj('red', 'circle', 'small', 'left'),
                               shapes.Obj('red', 'square', 'large', 'right')))
   images = np.stack([shapes.render(scene, 32) for scene in (two, same_colour)])
-  patches = images.reshape(2, 8, 4, 8, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 64, -1)
+  patches = script.image_patches(images, 8)
+  # Token (row 3, column 5) is the 4x4 block at pixels [12:16, 20:24].
+  np.testing.assert_array_equal(patches[0, 3 * 8 + 5], images[0, 12:16, 20:24].reshape(-1))
   labels = script.object_labels([two, same_colour], patches)
   pixels = patches[0].reshape(64, 16, 3)
   red = np.any(np.all(pixels == shapes.COLORS['red'], -1), -1)
