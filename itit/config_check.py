@@ -13,6 +13,7 @@ from itit import masking
 from itit import partitioning
 
 NAN_POLICIES = ('halt', 'skip')
+PRNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
 _STREAM_HINT = 'python -m itit.prepare writes one folder per stream under data.dir'
 
 
@@ -99,6 +100,8 @@ def check_train_config(config, num_devices: int, process_count: int, streams=Non
       raise errors.UserError(f'{name}={config[name]}: must be a positive number of steps')
   if config.nan_policy not in NAN_POLICIES:
     raise errors.UserError(f'nan_policy={config.nan_policy!r}; use one of {NAN_POLICIES}')
+  if config.prng_impl not in PRNG_IMPLS:
+    raise errors.UserError(f'prng_impl={config.prng_impl!r}; use one of {PRNG_IMPLS}')
   if not 0 <= config.cycle.start_step < config.total_steps:
     raise errors.UserError(f'cycle.start_step={config.cycle.start_step}: must be in [0, '
                            f'total_steps={config.total_steps}) (0: cycles from the first step)')

@@ -207,6 +207,16 @@ def validate_config(config, num_devices: int, process_count: int) -> None:
   config_check.check_train_config(config, num_devices, process_count, streams)
 
 
+def check_resume_prng_impl(saved_config: dict, config, workdir: str) -> None:
+  """A run resumes only with the PRNG implementation its checkpoints were written with."""
+  saved = saved_config.get('prng_impl', 'threefry2x32')
+  if saved != prng_impl(config):
+    raise errors.UserError(
+        f'{workdir} was trained with prng_impl={saved!r} and this config asks for '
+        f'{prng_impl(config)!r}: its keys cannot continue under another implementation. Pass '
+        f'--config.prng_impl={saved} to resume, or use a new --workdir.')
+
+
 class _Preemption:
   """Turns SIGTERM into a flag checked between steps, so the loop can save and exit cleanly."""
 
@@ -222,14 +232,24 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+def prng_impl(config) -> str:
+  """The training step's PRNG implementation (config.prng_impl; older runs: threefry2x32)."""
+  return config.get('prng_impl', 'threefry2x32')
+
+
 def seed_key_data(config) -> jax.Array:
-  """The run's root key as raw uint32 data [2] (what `init_train_state` takes)."""
-  return jax.random.key_data(jax.random.PRNGKey(config.seed))
+  """The run's root key as raw uint32 data (what `init_train_state` takes): [2] for
+  threefry2x32, [4] for rbg and unsafe_rbg."""
+  return jax.random.key_data(jax.random.key(config.seed, impl=prng_impl(config)))
 
 
 def init_train_state(config, tx, seed_data: jax.Array) -> TrainState:
-  """A fresh state from `seed_key_data(config)`; a frozen T5 encoder is left out of params."""
-  init_rng, rng = jax.random.split(jax.random.wrap_key_data(seed_data))
+  """A fresh state from `seed_key_data(config)`; a frozen T5 encoder is left out of params.
+
+  state.rng is a typed key of `prng_impl(config)`: every key the train step derives from it
+  (dropout, masks, synthesis) draws its bits with that implementation.
+  """
+  init_rng, rng = jax.random.split(jax.random.wrap_key_data(seed_data, impl=prng_impl(config)))
   params = nn.unbox(itit_model.init_params(config.model, init_rng))
   if config.model.text_encoder.kind == 't5':
     params, _ = t5_loader.split_frozen(params)
@@ -335,6 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with nn.logical_axis_rules(rules):
     if latest is not None:
       saved_meta = checkpointer.restore_meta(latest)
+      check_resume_prng_impl(saved_meta.get('config', {}), config, workdir)
       train_data.check_resume_identities(saved_meta.get('data', {}), meta['data'], workdir)
       if 'text_encoder' in saved_meta:
         t5_loader.check_t5_identity(saved_meta['text_encoder'], config.model.text_encoder.path)

@@ -93,6 +93,8 @@ for name in $PARTS; do
              --trace_dir="$OUT/trace_step3" ;;
     step3_nodrop) part "${STEP_TIMEOUT:-240}" step3_nodrop "$IMPL_TRAIN" "${STEP_ARGS[@]}" \
              --rows=3 --tag=_nodrop --config.model.dropout=0 ;;
+    step3_rbg) part "${STEP_TIMEOUT:-240}" step3_rbg "$IMPL_TRAIN" "${STEP_ARGS[@]}" \
+             --rows=3 --tag=_rbg --config.prng_impl=rbg ;;
     step14) part "${STEP_TIMEOUT:-240}" step14 "$IMPL_TRAIN" "${STEP_ARGS[@]}" --rows=14 ;;
     step14_unguided8) part "${STEP_TIMEOUT:-240}" step14_unguided8 "$IMPL_TRAIN" \
              "${STEP_ARGS[@]}" --rows=14 --tag=_unguided8 --config.cycle.synthesis_steps=8 \
@@ -100,7 +102,7 @@ for name in $PARTS; do
     t2i) part "${T2I_TIMEOUT:-75}" t2i "$IMPL_TRAIN" --parts=t2i ;;
     caption) part "${CAPTION_TIMEOUT:-80}" caption "$IMPL_CAPTION" --parts=caption ;;
     input) part 35 input "$IMPL_TRAIN" --parts=input --input_records=50000 --batch=256 ;;
-    *) echo "[gpu_check] unknown part $name (step3 step3_nodrop step14 step14_unguided8 t2i caption input)" ;;
+    *) echo "[gpu_check] unknown part $name (step3 step3_nodrop step3_rbg step14 step14_unguided8 t2i caption input)" ;;
   esac
 done
 

@@ -162,3 +162,22 @@ def test_frozen_t5_stays_out_of_state_and_resume_checks_it(data_dir, tmp_path):
   config.model.text_encoder.path = other
   with pytest.raises(ValueError, match='is not the T5 checkpoint this run was trained with'):
     train.train_and_evaluate(config, workdir)
+
+
+def test_rbg_prng_resumes_bitwise_and_refuses_another_impl(data_dir, tmp_path):
+  with pytest.raises(ValueError, match="prng_impl='philox'; use one of"):
+    train.train_and_evaluate(tiny_config(data_dir, prng_impl='philox'), str(tmp_path / 'bad'))
+  straight = str(tmp_path / 'straight')
+  train.train_and_evaluate(tiny_config(data_dir, prng_impl='rbg'), straight)
+  resumed = str(tmp_path / 'resumed')
+  assert train.train_and_evaluate(tiny_config(data_dir, prng_impl='rbg', max_steps_per_run=3),
+                                  resumed) == {'stopped_at_step': 3}
+  with pytest.raises(ValueError, match="trained with prng_impl='rbg'.*--config.prng_impl=rbg"):
+    train.train_and_evaluate(tiny_config(data_dir), resumed)
+  train.train_and_evaluate(tiny_config(data_dir, prng_impl='rbg'), resumed)
+  manager = ocp.CheckpointManager(os.path.join(straight, 'checkpoints'))
+  state = manager.restore(6, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  assert str(jax.random.key_impl(state['rng'])) == 'rbg'  # the key the step draws from
+  for a, b in zip(jax.tree.leaves(final_params(straight)[1]),
+                  jax.tree.leaves(final_params(resumed)[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
