@@ -130,8 +130,8 @@ def get_config(arg=None):
   # 'halt' raises naming the step range; 'skip' drops the update and counts it.
   config.nan_policy = 'halt'
   # The training step's random bits (dropout, masks, synthesis): 'threefry2x32' (JAX's default:
-  # the same bits on every backend and mesh) or 'rbg' / 'unsafe_rbg' (XLA's RngBitGenerator:
-  # cheaper dropout, but the bits depend on the backend and may change with the mesh).
+  # the same bits on every backend and mesh) or 'rbg' / 'unsafe_rbg' (XLA's RngBitGenerator,
+  # for accelerators: its bits depend on the backend and may change with the mesh).
   # Evaluation keys stay threefry2x32. A run resumes only with the impl it started with.
   config.prng_impl = 'threefry2x32'
   config.log_every = 100

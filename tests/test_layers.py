@@ -127,3 +127,46 @@ def test_even_length_attention_matches_unpadded(q_len, k_len, mask_kind):
   for got, expected in zip(grads, want):
     assert np.isfinite(np.asarray(got)).all()
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('shape', [(64, 30, 256), (64, 30, 255)])  # packed and unpacked draws
+def test_dropout_keeps_the_asked_fraction_and_scales_exactly(shape):
+  rate = 0.1
+  keep, keep_probability = layers.dropout_keep_mask(jax.random.PRNGKey(0), shape, rate)
+  assert keep.shape == shape and keep.dtype == jnp.bool_
+  assert keep_probability == 1 - round(rate * 2**16) / 2**16 and abs(keep_probability - 0.9) < 1e-5
+  fraction = float(jnp.mean(keep))
+  # Binomial standard deviation over ~490K elements is ~4e-4: 5 of them.
+  assert abs(fraction - keep_probability) < 5 * np.sqrt(0.09 / keep.size)
+  # Neighbours along the packed axis (two numbers from one 32-bit word) are independent.
+  flat = np.asarray(keep, np.float32)[..., :shape[-1] // 2 * 2]
+  assert abs(np.corrcoef(flat[..., 0::2].ravel(), flat[..., 1::2].ravel())[0, 1]) < 0.01
+  other, _ = layers.dropout_keep_mask(jax.random.PRNGKey(1), shape, rate)
+  assert 0.15 < float(jnp.mean(keep != other)) < 0.21  # 2 * 0.1 * 0.9 for independent masks
+
+  x = jax.random.normal(jax.random.PRNGKey(2), shape)
+  module = layers.Dropout(rate)
+  y = module.apply({}, x, deterministic=False, rngs={'dropout': jax.random.PRNGKey(3)})
+  kept = np.asarray(y) != 0
+  np.testing.assert_allclose(np.asarray(y)[kept], np.asarray(x)[kept] / keep_probability,
+                             rtol=1e-6)
+  assert abs(kept.mean() - keep_probability) < 5 * np.sqrt(0.09 / keep.size)
+  np.testing.assert_array_equal(module.apply({}, x, deterministic=True), x)
+  # The gradient flows through the kept elements only, times 1 / keep probability.
+  grad = jax.grad(lambda v: module.apply({}, v, deterministic=False,
+                                         rngs={'dropout': jax.random.PRNGKey(3)}).sum())(x)
+  np.testing.assert_allclose(np.asarray(grad), kept / keep_probability, rtol=1e-6)
+
+
+def test_dropout_rate_zero_is_identity_and_bad_rates_are_refused():
+  x = jnp.arange(8.0).reshape(2, 4)
+  np.testing.assert_array_equal(
+      layers.Dropout(0.0).apply({}, x, deterministic=False), x)  # needs no rng either
+  keep, keep_probability = layers.dropout_keep_mask(jax.random.PRNGKey(0), (2, 4), 0.0)
+  assert bool(jnp.all(keep)) and keep_probability == 1.0
+  for rate in (-0.1, 1.0):
+    with pytest.raises(ValueError, match='dropout rate must be in'):
+      layers.dropout_keep_mask(jax.random.PRNGKey(0), (2, 4), rate)
+  y = layers.Dropout(0.5).apply({}, jnp.ones((4, 8), jnp.bfloat16), deterministic=False,
+                                rngs={'dropout': jax.random.PRNGKey(0)})
+  assert y.dtype == jnp.bfloat16 and set(np.unique(np.asarray(y, np.float32))) <= {0.0, 2.0}

@@ -92,7 +92,7 @@ class ITIT(nn.Module):
       self.text_encoder = t5.make_t5_encoder(c, self.dtype)
     else:
       self.text_encoder = text_encoder_lib.make_text_encoder(c, self.dtype)
-    self.dropout = nn.Dropout(c.dropout)
+    self.dropout = layers.Dropout(c.dropout)
 
     self.encoder_image_embedding = param(
         'encoder_image_embedding', (c.image_vocab_size, width), ('image_vocab', 'embed'))

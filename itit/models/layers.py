@@ -231,6 +231,49 @@ class Attention(nn.Module):
     return cached_key.value, cached_value.value
 
 
+# Dropout compares 16-bit random numbers with a threshold, two numbers per 32-bit draw: half the
+# PRNG work of flax's nn.Dropout (one float32 uniform per element), which dominated the cost of
+# dropout in our steps (docs/BENCHMARKS.md).
+DROPOUT_LEVELS = 1 << 16
+
+
+def dropout_keep_mask(rng, shape, rate):
+  """Which elements inverted dropout keeps, and the exact probability of keeping one.
+
+  An element is dropped when its 16-bit random number is below round(rate * 2^16), so the rate
+  applied is within 2^-17 of `rate` and the keep probability returned is the one applied. When
+  the last axis is even, the numbers are drawn as 32-bit words over half of it, so the draw
+  keeps the array's layout (and sharding) on the leading axes.
+
+  Args:
+    rng: PRNG key. shape: the activation's shape. rate: drop probability in [0, 1).
+  Returns:
+    (keep [*shape] bool, keep_probability float).
+  """
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f'dropout rate must be in [0, 1), got {rate}')
+  threshold = round(rate * DROPOUT_LEVELS)
+  if shape and shape[-1] % 2 == 0:
+    words = jax.random.bits(rng, (*shape[:-1], shape[-1] // 2), jnp.uint32)
+    numbers = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(shape)
+  else:
+    numbers = jax.random.bits(rng, shape, jnp.uint16)
+  return numbers >= threshold, 1.0 - threshold / DROPOUT_LEVELS
+
+
+class Dropout(nn.Module):
+  """Inverted dropout (kept elements divided by the keep probability), from `dropout_keep_mask`
+  with the 'dropout' rng; the identity when deterministic or at rate 0."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, *, deterministic):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep, keep_probability = dropout_keep_mask(self.make_rng('dropout'), x.shape, self.rate)
+    return jnp.where(keep, x / jnp.asarray(keep_probability, x.dtype), jnp.zeros((), x.dtype))
+
+
 class Mlp(nn.Module):
   """Position-wise MLP: 'gelu' (Dense-GELU-Dense) or 'gated_gelu' (T5 v1.1)."""
   mlp_dim: int
@@ -253,7 +296,7 @@ class Mlp(nn.Module):
                 * dense(self.mlp_dim, ('embed', 'mlp'), 'wi_1')(x))
     else:
       raise ValueError(f"Mlp.activation must be 'gelu' or 'gated_gelu', got {self.activation!r}")
-    hidden = nn.Dropout(self.dropout)(hidden, deterministic=deterministic)
+    hidden = Dropout(self.dropout)(hidden, deterministic=deterministic)
     return dense(width, ('mlp', 'embed'), 'wo')(hidden)
 
 
@@ -288,11 +331,11 @@ class TransformerBlock(nn.Module):
     y = Attention(self.num_heads, self.head_dim, self.use_bias, self.attention_scale,
                   self.attention_impl, self.dtype, name='attention')(
                       y, mask, bias, decode=decode, cache_length=cache_length)
-    x = x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
+    x = x + Dropout(self.dropout)(y, deterministic=deterministic)
     y = norm_layer(self.norm, self.dtype, 'norm_mlp')(x)
     y = Mlp(self.mlp_dim, self.mlp_activation, self.use_bias, self.dropout, self.dtype,
             name='mlp')(y, deterministic=deterministic)
-    x = x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
+    x = x + Dropout(self.dropout)(y, deterministic=deterministic)
     return constrain(x)
 
 

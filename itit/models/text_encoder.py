@@ -79,7 +79,7 @@ class LearnedTextEncoder(nn.Module):
         'embedding', layers.param_init(nn.initializers.normal(1.0), ('vocab', 'embed')),
         (self.vocab_size, self.width))
     x, text_mask = embed_text(embedding, text, text_mask, self.vocab_size, self.dtype)
-    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    x = layers.Dropout(self.dropout)(x, deterministic=deterministic)
     bias = RelativePositionBias(self.num_heads, name='relative_position_bias')(x.shape[1])
     mask = layers.padding_mask(text_mask)
     for i in range(self.depth):
@@ -89,7 +89,7 @@ class LearnedTextEncoder(nn.Module):
           attention_impl=self.attention_impl, dtype=self.dtype, name=f'block_{i}')(
               x, mask, bias, deterministic=deterministic)
     x = layers.norm_layer('rms', self.dtype, 'norm_final')(x)
-    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    x = layers.Dropout(self.dropout)(x, deterministic=deterministic)
     return x, text_mask
 
 
