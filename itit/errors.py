@@ -12,6 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 
@@ -71,6 +72,13 @@ def string_flag(name: str, help_text: str) -> flags.FlagHolder:
   if name in flags.FLAGS:
     return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
   return flags.DEFINE_string(name, None, help_text)
+
+
+def quiet_library_logs() -> None:
+  """absl logging at WARNING unless --verbosity is given: Orbax logs every save and restore at
+  INFO, dozens of lines that would bury the CLIs' own output."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:

@@ -20,12 +20,12 @@ import os
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import ml_collections
 from ml_collections import config_flags
 
 from itit import checkpointing
+from itit import errors
 from itit import evaluators
 from itit.evaluators import common
 from itit.models import itit as itit_model
@@ -155,8 +155,7 @@ def _flag_overrides() -> dict:
 
 
 def main(argv):
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+  errors.quiet_library_logs()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   args = flags.FLAGS

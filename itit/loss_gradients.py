@@ -19,7 +19,6 @@ from typing import Mapping
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import optax
@@ -105,8 +104,7 @@ def define_flags() -> None:
 def main(argv):
   del argv
   args = flags.FLAGS
-  if not args['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+  errors.quiet_library_logs()
   if not args.workdir:
     raise app.UsageError('--workdir is required')
   steps = checkpointing.all_steps(args.workdir)

@@ -94,6 +94,7 @@ def _folder_images(folder: str, size: int) -> tuple[list[str], np.ndarray]:
 
 
 def main(argv):
+  errors.quiet_library_logs()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _WORKDIR.value:

@@ -19,7 +19,6 @@ import zlib
 from typing import Any, Callable, Mapping
 
 from absl import app
-from absl import logging
 from absl import flags
 import flax
 import flax.linen as nn
@@ -477,8 +476,7 @@ def evaluate(eval_fn, params, config, data: train_data.TrainData, mesh, rules, e
 
 
 def main(argv):
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  errors.quiet_library_logs()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _WORKDIR.value is None or _CONFIG.value is None:

@@ -18,7 +18,6 @@ import signal
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -315,7 +314,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required.')
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  errors.quiet_library_logs()
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -350,6 +350,7 @@ def test_unknown_config_field_is_one_error_line(data_dir, tmp_path):
     ({'mesh.data': 3}, errors.UserError, r'mesh: .* needs 3 devices but 4 are present'),
     ({'mesh.fsdp': 3}, errors.UserError, r'4 devices do not divide by the fixed axes'),
     ({'nan_policy': 'ignore'}, errors.UserError, r"nan_policy='ignore'; use one of"),
+    ({'prng_impl': 'philox'}, errors.UserError, r"prng_impl='philox'; use one of"),
     ({'checkpoint_every': 0}, errors.UserError, r'checkpoint_every=0: must be a positive number'),
     ({'cycle.start_step': 10**9}, errors.UserError,
      r'cycle\.start_step=1000000000: must be in \[0, total_steps=\d+\)'),
@@ -372,6 +373,23 @@ def test_config_checks(data_dir, changes, kind, message):
   with pytest.raises(kind, match=message):
     config_check.check_train_config(config, num_devices=4, process_count=1,
                                     streams=['paired'])
+
+
+def test_quiet_library_logs_unless_verbosity_is_given(monkeypatch):
+  from absl import flags
+  from absl import logging
+  previous = logging.get_verbosity()
+  try:
+    monkeypatch.setattr(flags.FLAGS['verbosity'], 'present', 0)
+    logging.set_verbosity(logging.INFO)
+    errors.quiet_library_logs()
+    assert logging.get_verbosity() == logging.WARNING
+    monkeypatch.setattr(flags.FLAGS['verbosity'], 'present', 1)  # --verbosity=0 on the line
+    logging.set_verbosity(logging.INFO)
+    errors.quiet_library_logs()
+    assert logging.get_verbosity() == logging.INFO
+  finally:
+    logging.set_verbosity(previous)
 
 
 def test_config_is_checked_before_any_data_or_compile(data_dir, tmp_path, monkeypatch):

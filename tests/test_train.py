@@ -166,8 +166,6 @@ def test_frozen_t5_stays_out_of_state_and_resume_checks_it(data_dir, tmp_path):
 
 @pytest.mark.slow  # three training runs; test_resume_is_bitwise covers resume in the fast tier
 def test_rbg_prng_resumes_bitwise_and_refuses_another_impl(data_dir, tmp_path):
-  with pytest.raises(ValueError, match="prng_impl='philox'; use one of"):
-    train.train_and_evaluate(tiny_config(data_dir, prng_impl='philox'), str(tmp_path / 'bad'))
   straight = str(tmp_path / 'straight')
   train.train_and_evaluate(tiny_config(data_dir, prng_impl='rbg'), straight)
   resumed = str(tmp_path / 'resumed')
