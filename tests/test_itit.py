@@ -93,6 +93,8 @@ def test_git_mask_in_text_decoder(setup):
 def test_dropping_equals_attention_masking(setup):
   dropped = _encode(setup)
   reference = _encode(setup, mask_dropped_in_attention=True)
+  # Only the variant hides image rows; the dropping path's decoder skips the [MASK] substitution.
+  assert reference.image_rows_hidden and not dropped.image_rows_hidden
   n = setup['config'].image_grid ** 2
   kept = dropped.image_positions
   np.testing.assert_array_equal(reference.valid[:, :n].sum(-1), kept.shape[1])

@@ -36,10 +36,14 @@ class EncoderOutput:
   valid: [batch, rows] bool; False for padded text and for dropped tokens kept in the sequence
     (the attention-masking variant).
   image_positions: [batch, image_rows] int32, the grid index of each image row.
+  image_rows_hidden: static; whether some image rows may be invalid (the attention-masking
+    variants). When False the image decoder reads every image row as it is, with no
+    [MASK] substitution whose gradient XLA would spend seconds constant-folding.
   """
   features: jax.Array
   valid: jax.Array
   image_positions: jax.Array
+  image_rows_hidden: bool = flax.struct.field(pytree_node=False, default=True)
 
 
 class DecodeCache(nn.Module):
@@ -218,7 +222,8 @@ class ITIT(nn.Module):
       dropped = masking.choose_dropped(mask, drop_up_to, priority) & mask
     else:
       dropped = masking.choose_dropped(mask, num_dropped, priority)
-    if mask_dropped_in_attention or drop_up_to:
+    image_rows_hidden = bool(mask_dropped_in_attention or drop_up_to)
+    if image_rows_hidden:
       positions = jnp.broadcast_to(jnp.arange(num_tokens, dtype=jnp.int32), (batch, num_tokens))
       image_valid = ~dropped
     else:
@@ -231,7 +236,8 @@ class ITIT(nn.Module):
     valid = jnp.concatenate([image_valid, text_mask.astype(bool)], axis=1)
     x = self.dropout(x, deterministic=deterministic)
     features = self.encoder(x, layers.padding_mask(valid), deterministic=deterministic)
-    return EncoderOutput(features=features, valid=valid, image_positions=positions)
+    return EncoderOutput(features=features, valid=valid, image_positions=positions,
+                         image_rows_hidden=image_rows_hidden)
 
   # -- text decoder (GIT) --------------------------------------------------------------------
 
@@ -294,7 +300,9 @@ class ITIT(nn.Module):
     positions = encoder_output.image_positions
     batch, image_rows = positions.shape
     mask_embedding = self.image_decoder_mask_embedding.astype(features.dtype)
-    rows = jnp.where(valid[:, :image_rows, None], features[:, :image_rows], mask_embedding)
+    rows = features[:, :image_rows]
+    if encoder_output.image_rows_hidden:
+      rows = jnp.where(valid[:, :image_rows, None], rows, mask_embedding)
     grid = jnp.broadcast_to(mask_embedding, (batch, self.num_image_tokens, features.shape[-1]))
     grid = jax.vmap(lambda g, p, r: g.at[p].set(r))(grid, positions, rows)
     x = grid + self.image_decoder_position.astype(grid.dtype)
