@@ -207,12 +207,13 @@ def validate_config(config, num_devices: int, process_count: int) -> None:
 
 
 def check_resume_prng_impl(saved_config: dict, config, workdir: str) -> None:
-  """A run resumes only with the PRNG implementation its checkpoints were written with."""
+  """A run resumes only with the PRNG implementation its checkpoints were written with (runs
+  from before config.prng_impl existed used threefry2x32)."""
   saved = saved_config.get('prng_impl', 'threefry2x32')
-  if saved != prng_impl(config):
+  if saved != config.prng_impl:
     raise errors.UserError(
         f'{workdir} was trained with prng_impl={saved!r} and this config asks for '
-        f'{prng_impl(config)!r}: its keys cannot continue under another implementation. Pass '
+        f'{config.prng_impl!r}: its keys cannot continue under another implementation. Pass '
         f'--config.prng_impl={saved} to resume, or use a new --workdir.')
 
 
@@ -231,24 +232,19 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def prng_impl(config) -> str:
-  """The training step's PRNG implementation (config.prng_impl; older runs: threefry2x32)."""
-  return config.get('prng_impl', 'threefry2x32')
-
-
 def seed_key_data(config) -> jax.Array:
   """The run's root key as raw uint32 data (what `init_train_state` takes): [2] for
   threefry2x32, [4] for rbg and unsafe_rbg."""
-  return jax.random.key_data(jax.random.key(config.seed, impl=prng_impl(config)))
+  return jax.random.key_data(jax.random.key(config.seed, impl=config.prng_impl))
 
 
 def init_train_state(config, tx, seed_data: jax.Array) -> TrainState:
   """A fresh state from `seed_key_data(config)`; a frozen T5 encoder is left out of params.
 
-  state.rng is a typed key of `prng_impl(config)`: every key the train step derives from it
+  state.rng is a typed key of `config.prng_impl`: every key the train step derives from it
   (dropout, masks, synthesis) draws its bits with that implementation.
   """
-  init_rng, rng = jax.random.split(jax.random.wrap_key_data(seed_data, impl=prng_impl(config)))
+  init_rng, rng = jax.random.split(jax.random.wrap_key_data(seed_data, impl=config.prng_impl))
   params = nn.unbox(itit_model.init_params(config.model, init_rng))
   if config.model.text_encoder.kind == 't5':
     params, _ = t5_loader.split_frozen(params)

@@ -140,7 +140,7 @@ def make_step(config, params, rng):
   params = jax.tree.map(jnp.array, params)  # a copy: the step donates its state
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=tx.init(params),
-                           rng=jax.random.key(1, impl=train.prng_impl(config)),
+                           rng=jax.random.key(1, impl=config.prng_impl),
                            first_nonfinite_step=jnp.full((), -1, jnp.int32),
                            skipped_steps=jnp.zeros((), jnp.int32))
   step_fn = jax.jit(functools.partial(train.train_step, loss_fns=loss_fns, tx=tx,
