@@ -68,6 +68,34 @@ def corpus():
   return predictions, references
 
 
+# Captions with non-ASCII punctuation, symbols and letters (and some ASCII corners near them), and
+# every character the fallback handles specially, in five positions each.
+UNICODE_CAPTIONS = [
+    'A “café” with a naïve dog… and crème brûlée.',
+    'The dog’s bone isn’t here; they’re at the ’90s diner, we’ve seen ’em.',
+    'It’s 5 o’clock and O’Brien’s rock’n’roll band plays – loudly — for y’all.',
+    '‘Quoted’ words, «guillemets», ‹single› and „German“ or ‚low‘ quotes.',
+    'He said “‘hi’” twice and ““doubled”” once.',
+    'A 1½ inch pipe, 1 1/2 cups, 1⁄2 cup and ¼ of a 50°C oven at €5 or £3 (¢50, ¥100).',
+    'mc² and H₂O at 10⁻³ m',
+    'Emoji 😀 and ❤️ and 👍🏽 next to a dog😀',
+    'Zero\u200bwidth and non\xa0breaking and thin\u2009spaces\ufeff here',
+    'A x‐ray of a well‑known dog ‐ and a photo\xadgraph',
+    'Line\u2028separator and carriage\rreturn',
+    'Symbols © ® ™ • · × ÷ → ′ ″ ¡hola! ¿qué? 日本。東京、',
+    'ΟΔΟΣ street in Москва with a cafe\u0301',
+    "'Tis y'all's gov't, lemme see 'em 'cause in '99 dogs,2 cats at :30",
+    'Plan B. A dog ate vitamin c. tablets.',
+    'Windows \x93quotes\x94 and \x91single\x92 and a \x96 dash \x85 and \x80 5',
+    'Control\x01char and\x7fdelete',
+    'a dog’s’ toy and the boys’. bikes',
+]
+UNICODE_CHARS = ('‘’‛“”„‚‟‹›«»\x91\x92\x93\x94–—―‒−‐‑\x96\x97…\x85\xad\xa0\u2009\u202f\u3000\u200b'
+                 '\u200d\ufeff\u200e\r\u2028\x01\x7f€£¢¥¤\x80½¼¾⅓⅔⅕²³₂⁻°×÷©®™•·´¨′″→¡¿。、！（⁄😀❤'
+                 '\ufe0f𝐀éïëüçñ\u0301ΣЖ日')
+UNICODE_POSITIONS = ('a {} b', 'a{}b', '{}dog', 'dog{}', 'a {0}{0} b')
+
+
 def test_fallback_tokenizer_matches_recorded_ptb():
   for caption, expected in PTB_CASES.items():
     assert cider.simple_ptb_tokenize(caption) == expected, caption
@@ -84,6 +112,66 @@ def test_fallback_tokenizer_matches_stanford_on_captions(corpus):
   fallback, name = cider.tokenize(captions, use_java=False)
   assert name == 'python-fallback'
   assert fallback == stanford
+
+
+def test_fallback_tokenizer_on_unicode_recorded_ptb():
+  # Recorded from pycocoevalcap's PTBTokenizer: curly quotes, dashes and ellipses are dropped, ’
+  # acts as ' (but stays inside "o’clock" and "rock ’n’ roll"), „ ‚ are kept, € £ ¢ ½ are
+  # rewritten, symbols stand alone, emoji and invisible characters separate words, "1 1/2" is one
+  # token.
+  expected = {
+      0: 'a café with a naïve dog and crème brûlée',
+      2: "it 's 5 o’clock and o’brien 's rock ’n’ roll band plays loudly for y’ all",
+      3: 'quoted words guillemets single and „ german or ‚ low quotes',
+      4: "he said ``` hi ''' twice and ```` doubled '''' once",
+      5: ('a 1 1/2 inch pipe 1\xa01/2 cups 1⁄2 cup and 1/4 of a 50 ° c oven at $ 5 or # 3 -lrb- '
+          'cents 50 ¥ 100 -rrb-'),
+      7: 'emoji and ❤ and next to a dog',
+      8: 'zero width and non breaking and thin spaces here',
+      9: 'a x‐ray of a well‑known dog and a photograph',
+      11: 'symbols © ® ™ • · × ÷ → ′ ″ ¡ hola ¿ qué 日本 。 東京 、',
+      13: "'t is y' all 's gov t lem me see 'em 'cause in '99 dogs ,2 cats at :30",
+  }
+  for index, tokens in expected.items():
+    assert cider.simple_ptb_tokenize(UNICODE_CAPTIONS[index]) == tokens, UNICODE_CAPTIONS[index]
+
+
+@needs_java
+def test_fallback_tokenizer_matches_stanford_on_unicode():
+  captions = UNICODE_CAPTIONS + [p.format(c) for c in UNICODE_CHARS for p in UNICODE_POSITIONS]
+  stanford, _ = cider.tokenize({i: [c] for i, c in enumerate(captions)}, use_java=True)
+  for i, caption in enumerate(captions):
+    expected = stanford[i][0].split(' ')
+    assert cider.simple_ptb_tokenize(caption).split(' ') == expected, repr(caption)
+  # A line separator in a caption would end the line for Stanford and shift every later caption.
+  stanford, _ = cider.tokenize({0: ['a\u2028dog\rran'], 1: ['next caption']}, use_java=True)
+  assert stanford == {0: ['a dog ran'], 1: ['next caption']}
+
+
+@needs_java
+def test_cider_fallback_equals_ptb_on_unicode_captions():
+  references = {
+      0: ['A “café” with a naïve dog… and crème brûlée.', 'A dog’s café — with crème brûlée',
+          'the naïve dog at a café'],
+      1: ['It’s 5 o’clock; the dog isn’t asleep.', 'A clock shows 5 o’clock – a dog waits',
+          'the dog’s clock at five'],
+      2: ['A ½ pizza at 50°C for €5…', 'Half a pizza – €5 – on a table', 'a pizza on a table'],
+      3: ['‘Rock’n’roll’ sign «on» a wall 😀', 'A sign says “rock’n’roll” on the wall',
+          'a wall with a sign'],
+      4: ['A x‐ray of a dog’s paw', 'an x‐ray image of a paw', 'X‐ray of the dog’s paw'],
+      5: ['Two dogs\xa0play in the snow', 'two dogs playing in snow ❤️', 'dogs play in the snow'],
+  }
+  predictions = {0: 'A naïve dog at a café with crème brûlée…', 1: 'A clock at 5 o’clock',
+                 2: 'a ½ pizza on a table', 3: 'a “rock’n’roll” sign on a wall',
+                 4: 'an x‐ray of a dog’s paw', 5: 'two dogs play in the snow'}
+  without_meteor = ('CIDEr', 'BLEU-4', 'ROUGE-L')
+  fallback = cider.caption_metrics(predictions, references, use_java=False, metrics=without_meteor)
+  stanford = cider.caption_metrics(predictions, references, use_java=True, metrics=without_meteor)
+  assert fallback['CIDEr'] == pytest.approx(stanford['CIDEr'], abs=1e-9)
+  assert fallback['BLEU-4'] == pytest.approx(stanford['BLEU-4'], abs=1e-9)
+  assert fallback['ROUGE-L'] == pytest.approx(stanford['ROUGE-L'], abs=1e-9)
+  # Predictions share many n-grams with their references, not all.
+  assert 1 < stanford['CIDEr'] < 10
 
 
 @needs_java

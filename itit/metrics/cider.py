@@ -21,92 +21,18 @@ from typing import Hashable, Mapping, Sequence
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
-from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+from itit.metrics.ptb_tokenize import simple_ptb_tokenize
 
 METRICS = ('CIDEr', 'BLEU-4', 'METEOR', 'ROUGE-L')
 
-_PUNCTUATIONS = frozenset(PUNCTUATIONS)
-# Stanford's tokenizer keeps the period of these (and of dotted acronyms such as "u.s.").
-_ABBREVIATIONS = frozenset(
-    ('mr.', 'mrs.', 'ms.', 'dr.', 'st.', 'jr.', 'sr.', 'vs.', 'etc.', 'mt.', 'ave.', 'no.', 'co.',
-     'inc.', 'ltd.', 'jan.', 'feb.', 'mar.', 'apr.', 'aug.', 'sept.', 'oct.', 'nov.', 'dec.'))
-_BRACKETS = {'(': '-lrb-', ')': '-rrb-', '[': '-lsb-', ']': '-rsb-', '{': '-lcb-', '}': '-rcb-'}
-# Stanford splits these fused words in two ("cannot" -> "can not").
-_SPLIT_WORDS = {'cannot': 'can not', 'gonna': 'gon na', 'wanna': 'wan na', 'gotta': 'got ta'}
-_BRACKET_NAMES = frozenset(_BRACKETS.values())
-_CLITIC_ONLY = re.compile(r"^'(s|m|d|ll|re|ve)$")
-_CLITIC = re.compile(r"^(.+?)('s|'m|'d|'ll|'re|'ve)$")
-_NEGATION = re.compile(r"^(.+?)(n't)$")
-# Leading characters split off a word, trailing ones likewise (runs such as "..." or "!!!" stay one
-# token, as in Stanford's tokenizer).
-_LEADING = re.compile(r"^(\.\.\.|--+|[-'$#])")
-_TRAILING = re.compile(r"(\.\.\.|--+|[!?]+|[-'.,;:%])$")
+_LINE_BREAKS = re.compile('[\r\x0b\x0c\u2028\u2029]')
 
 
 def java_available() -> bool:
   """True when a `java` executable is on the PATH (PTB tokenizer and METEOR need it)."""
   return shutil.which('java') is not None
-
-
-def _split_word(word):
-  """Splits one whitespace-free chunk the way Stanford's PTBTokenizer does on caption text."""
-  if word in _BRACKET_NAMES or _CLITIC_ONLY.match(word):
-    return [word]
-  leading, trailing = [], []
-  while word:
-    match = _LEADING.match(word)
-    if not match or match.end() == len(word):
-      break
-    leading.append(match.group(0))
-    word = word[match.end():]
-  while word:
-    if word in _ABBREVIATIONS or re.fullmatch(r'(?:[a-z]\.){2,}', word):
-      break
-    match = _TRAILING.search(word)
-    if not match or match.start() == 0:
-      break
-    trailing.insert(0, match.group(0))
-    word = word[:match.start()]
-  middle = []
-  if word in _SPLIT_WORDS:
-    middle = _SPLIT_WORDS[word].split()
-  elif word in ("can't", "won't"):
-    middle = [word[:2], "n't"]
-  elif _NEGATION.match(word):
-    middle = list(_NEGATION.match(word).groups())
-  elif _CLITIC.match(word):
-    middle = list(_CLITIC.match(word).groups())
-  elif word:
-    middle = [word]
-  return leading + middle + trailing
-
-
-def simple_ptb_tokenize(caption: str) -> str:
-  """Pure-Python stand-in for pycocoevalcap's PTB tokenization of one caption.
-
-  Mimics Stanford PTBTokenizer with `-lowerCase -preserveLines` followed by pycocoevalcap's
-  punctuation removal: lowercases; splits off sentence punctuation, quotes, `$ # %`, leading and
-  trailing hyphens, clitics ("woman's" -> "woman 's", "doesn't" -> "does n't", "can't" ->
-  "ca n't") and "cannot"/"gonna"/"wanna"/"gotta"; brackets become "-lrb-", "-rsb-", ... (kept, as
-  pycocoevalcap only removes the upper-case forms); then drops the tokens pycocoevalcap removes
-  (. , ? ! : ; - -- ... and the quote tokens). Numbers ("3.5", "1,000", "5:30"), hyphenated words,
-  dotted acronyms ("u.s.") and common abbreviations ("mr.", "st.") stay whole.
-
-  Where it can differ from Stanford's tokenizer: rare abbreviations outside the short list above,
-  URLs and e-mail addresses, emoticons, and punctuation glued inside a word ("dog,cat"); on COCO
-  captions such cases are rare, but scores from the two tokenizers are not interchangeable.
-  """
-  text = caption.replace('\n', ' ').lower()
-  for bracket, name in _BRACKETS.items():
-    text = text.replace(bracket, f' {name} ')
-  # Stanford splits every semicolon and every comma or colon that is not inside a number.
-  text = text.replace(';', ' ; ')
-  text = re.sub(r'(?<!\d)([,:])|([,:])(?!\d)', r' \1\2 ', text)
-  # Stanford turns double quotes and backticks into `` and '', which pycocoevalcap removes.
-  text = text.replace('"', ' ').replace('`', ' ')
-  tokens = [t for word in text.split() for t in _split_word(word)]
-  return ' '.join(t for t in tokens if t not in _PUNCTUATIONS)
 
 
 def tokenize(captions: Mapping[Hashable, Sequence[str]], *, use_java: bool | None = None):
@@ -121,7 +47,10 @@ def tokenize(captions: Mapping[Hashable, Sequence[str]], *, use_java: bool | Non
     if not java_available():
       raise RuntimeError('use_java=True but no `java` is on the PATH: install a JRE (e.g. '
                          'openjdk-17-jre-headless) or pass use_java=None for the fallback.')
-    payload = {key: [{'caption': c} for c in caps] for key, caps in captions.items()}
+    # Stanford ends a line at these as at '\n' (which pycocoevalcap replaces): one in a caption
+    # would shift every later caption onto the wrong image.
+    payload = {key: [{'caption': _LINE_BREAKS.sub(' ', c)} for c in caps]
+               for key, caps in captions.items()}
     return PTBTokenizer().tokenize(payload), 'ptb'
   return {key: [simple_ptb_tokenize(c) for c in caps]
           for key, caps in captions.items()}, 'python-fallback'
