@@ -1,24 +1,39 @@
-"""The paper's training recipe (ITIT, table 3), shared by every other config.
+"""The paper's ITIT (table 3 recipe, table 2 row 14), shared by every other ITIT config.
 
-Each config file's `get_config(arg)` starts from `base.get_config()` and overrides what differs.
+  python -m itit.train --config=configs/base.py --workdir=DIR        # ITIT-B, row 14
+  python -m itit.train --config=configs/base.py:row3 --workdir=DIR   # the paired baseline
+
+Presets after the colon (`configs/common.py`): `rowN` = table 2 row N (`TABLE2_ROWS`); no row
+means row 14, the paper's model: T2I, I2T (+ I2I), T2I2T and I2T2I on the paired,
+unpaired-image and unpaired-text streams. Every ITIT config file (vit_b/l/h, shapes, tiny)
+builds on `paper_config()` and honours the same presets through `get_itit_config`.
 Command-line overrides: `--config=configs/vit_b.py --config.optimizer.lr=3e-4`.
 """
 import ml_collections
 
+from configs import common
+from configs import t5_xxl
 from itit import evaluators
+from itit.cycle_losses import TABLE2_ROWS
 
 
-def model_config():
-  """ITIT-B: ViT-B joint encoder, 6-block GIT text decoder, 8-block MAGE image decoder."""
+# The joint encoder (and MAGE image decoder) of ITIT-B / L / H: ViT-B/L/H widths and depths.
+# With the 768-wide GIT text decoder they give the paper's 221M / 487M / 868M totals.
+ENCODER_SIZES = {
+    'B': dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
+    'L': dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
+    'H': dict(width=1280, depth=32, num_heads=16, mlp_dim=5120),
+}
+
+
+def model_config(size='B'):
+  """ITIT-`size`: ViT joint encoder, 6-block GIT text decoder, 8-block MAGE image decoder."""
   return ml_collections.ConfigDict(dict(
       image_grid=16,  # 16x16 = 256 image tokens
       image_vocab_size=8192,  # VQGAN codebook size
       text_vocab_size=32128,  # T5 SentencePiece vocabulary, padded
       max_text_len=64,
-      width=768,
-      depth=12,
-      num_heads=12,
-      mlp_dim=3072,
+      **ENCODER_SIZES[size],
       # Image position tables: 'normal' (learned, N(0, 0.02) init) or 'sincos2d' (MAE's 2D
       # sin-cos init, times image_position_init_scale, then trained).
       image_position_init='normal',
@@ -43,19 +58,25 @@ def model_config():
       # parameters are stacked under 'blocks', a different checkpoint layout).
       remat='none',
       scan_layers=False,
+      # The paper's text encoder: the frozen T5-XXL (configs/t5_xxl.py); `path` must name a
+      # local Hugging Face T5 directory. kind='learned' trains the small encoder of `learned`
+      # jointly instead (smoke runs without the 19 GB of T5 weights, CPU configs).
       text_encoder=ml_collections.ConfigDict(dict(
-          kind='learned',  # 'learned' (small T5-architecture encoder trained jointly) or 't5'
-          path='',  # a local Hugging Face T5 directory, for kind='t5'
-          width=768,
-          depth=4,
-          num_heads=12,
-          mlp_dim=2048,
+          kind='t5',  # 't5' (frozen, pretrained) or 'learned' (T5-architecture, trained)
+          path='',  # a local Hugging Face T5 directory (config.json, *.safetensors), kind='t5'
+          t5=t5_xxl.get_config(),  # the frozen encoder's architecture, checked against path
+          learned=ml_collections.ConfigDict(dict(width=768, depth=4, num_heads=12,
+                                                 mlp_dim=2048)),
       )),
   ))
 
 
 def get_config(arg=None):
-  del arg
+  return get_itit_config(paper_config(), arg, 'configs/base.py')
+
+
+def paper_config(size='B'):
+  """ITIT-`size` ('B', 'L', 'H') with the paper's recipe and full model (row 14), no preset."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.total_steps = 500_000
@@ -71,13 +92,16 @@ def get_config(arg=None):
       # The study (scripts/study.py) grows the unpaired data, or the pairs, with these.
       max_records=ml_collections.ConfigDict(dict(paired=0, unpaired_image=0, unpaired_text=0)),
   ))
-  # Per-loss batch sizes (table 3): paired examples feed T2I and I2T/I2I.
+  # Examples read per step from each stream (table 3: 2048 in all). With paired_split the
+  # paired batch is cut in two halves of DIFFERENT examples, one for T2I and one for I2T/I2I
+  # (the paper's 512 + 512); without it (small runs) both losses read the whole paired batch.
   config.batch = ml_collections.ConfigDict(dict(
-      paired=512,
+      paired=1024,
+      paired_split=True,
       unpaired_image=512,
       unpaired_text=512,
   ))
-  config.model = model_config()
+  config.model = model_config(size)
   config.loss = ml_collections.ConfigDict(dict(
       label_smoothing=0.1,
       i2t_encoder_grad_scale=0.1,  # z = 0.1 z + stop_gradient(0.9 z) before the text decoder
@@ -94,9 +118,10 @@ def get_config(arg=None):
       t2i=True,
       i2t=True,
       i2i=True,  # image-to-image reconstruction with the empty text, for classifier-free guidance
-      # Losses on unpaired data (section 3.2); `table2_row` sets these for the paper's rows.
-      unpaired_text_loss='none',  # 'none' | 't2t' | 't2i2t_half' | 't2i2t'
-      unpaired_image_loss='none',  # 'none' | 'i2i' | 'i2t2i_half' | 'i2t2i'
+      # Losses on unpaired data (section 3.2); the default is row 14's full cycles, and
+      # `table2_row` sets these for the paper's other rows.
+      unpaired_text_loss='t2i2t',  # 'none' | 't2t' | 't2i2t_half' | 't2i2t'
+      unpaired_image_loss='i2t2i',  # 'none' | 'i2i' | 'i2t2i_half' | 'i2t2i'
       # Each loss's weight in the sum (1.0 everywhere = the paper's equal weights), by the loss
       # name train.make_loss_fns registers ('i2t' covers I2T + paired I2I; 'unpaired_i2i' is
       # I2I on unpaired images).
@@ -122,7 +147,13 @@ def get_config(arg=None):
       warmup_steps=5000,
       schedule='cosine',
       b1=0.9,
-      decay_rate=0.96,
+      # Table 3's beta2: the second-moment decay at update t, by b2_schedule (docs/DESIGN_NOTES.md):
+      # 'capped' min(b2, 1 - t^-0.8), big_vision's Adafactor (b2 from update 56 on); 'constant'
+      # b2 (no bias correction: the first updates are up to 1/sqrt(1 - b2) = 5x larger);
+      # 'exponent' 1 - t^-b2, optax's decay_rate (b2 is the exponent: ~0.9997 by update 5000).
+      # AdamW takes b2 as its bias-corrected beta2; b2_schedule is Adafactor's only.
+      b2=0.96,
+      b2_schedule='capped',
       weight_decay=0.045,
       grad_clip=3.0,
   ))
@@ -144,25 +175,6 @@ def get_config(arg=None):
   config.max_steps_per_run = 0  # > 0: stop (with a checkpoint) after this many steps per run
   config.eval_batches = 0  # test batches evaluated at the end; 0 = the whole test split
   return config
-
-
-# Table 2 of the paper, rows on one paired dataset:
-# row -> (T2I, I2T, loss.unpaired_text_loss, loss.unpaired_image_loss).
-TABLE2_ROWS = {
-    1: (True, False, 'none', 'none'),
-    2: (False, True, 'none', 'none'),
-    3: (True, True, 'none', 'none'),
-    5: (True, True, 't2t', 'none'),
-    6: (True, True, 'none', 'i2i'),
-    7: (True, True, 't2t', 'i2i'),
-    8: (True, True, 't2i2t_half', 'none'),
-    9: (True, True, 'none', 'i2t2i_half'),
-    10: (True, True, 't2i2t_half', 'i2t2i_half'),
-    11: (True, True, 't2i2t', 'none'),
-    12: (True, True, 'none', 'i2t2i'),
-    13: (True, True, 't2i2t', 'i2t2i'),
-    14: (True, True, 't2i2t', 'i2t2i'),
-}
 
 
 def table2_row(config, row):
@@ -188,11 +200,32 @@ def table2_row(config, row):
   return config
 
 
-def apply_preset(config, arg, config_file):
-  """Applies a `--config=FILE:ARG` preset: 'rowN' = table 2 row N (see `table2_row`)."""
-  if not arg:
-    return config
-  if not (arg.startswith('row') and arg[3:].isdigit()):
-    raise ValueError(f'{config_file}: unknown preset {arg!r}; use row1..row14 (table 2 rows, '
-                     f'e.g. --config={config_file}:row14)')
-  return table2_row(config, int(arg[3:]))
+ROW_PRESETS = tuple(f'row{row}' for row in TABLE2_ROWS)
+
+
+def get_itit_config(config, arg, config_file, extra_presets=None):
+  """Applies `--config=FILE:ARG`'s presets to an ITIT config, in place; returns it.
+
+  Args:
+    config: the file's config before presets (row 14, the paper's model).
+    arg: the comma-separated presets: at most one table-2 row ('rowN', `table2_row`) plus any
+      of `extra_presets`.
+    config_file: the file as users name it, for messages.
+    extra_presets: {name: fn(config)} the file documents besides the rows, applied after the
+      row in the order given on the command line.
+  Raises:
+    ValueError: an unknown preset (listing the valid ones), or two rows.
+  """
+  extra_presets = extra_presets or {}
+  if 'row4' in common.split_arg(arg):
+    raise ValueError(f'{config_file}: table 2 row 4 adds the unpaired data AS PAIRS, a data '
+                     'choice, not a preset (point data.paired at the merged pairs and use :row3)')
+  names = common.presets(arg, config_file, ROW_PRESETS + tuple(extra_presets),
+                         exclusive=[ROW_PRESETS])
+  for name in names:
+    if name in ROW_PRESETS:
+      table2_row(config, int(name[len('row'):]))
+  for name in names:
+    if name in extra_presets:
+      extra_presets[name](config)
+  return config

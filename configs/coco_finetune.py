@@ -18,25 +18,23 @@ and at the end, `coco_captions` scores the Karpathy test split with beam 4 (pape
 import importlib
 
 from configs import base
+from configs import common
 from itit import evaluators
 
 MODEL_CONFIGS = ('vit_b', 'vit_l', 'vit_h', 'shapes', 'tiny')
 
 
 def get_config(arg=None):
-  model_name = arg or 'vit_b'
-  if model_name not in MODEL_CONFIGS:
-    raise ValueError(f'configs/coco_finetune.py: {model_name!r} is not one of {MODEL_CONFIGS}; '
-                     'pass the pretrained run\'s model config, e.g. '
-                     '--config=configs/coco_finetune.py:vit_l')
+  names = common.presets(arg, 'configs/coco_finetune.py', MODEL_CONFIGS, exclusive=[MODEL_CONFIGS])
+  model_name = names[0] if names else 'vit_b'
   pretrained = importlib.import_module(f'configs.{model_name}').get_config()
-  config = base.get_config()
+  config = base.paper_config()
   config.model = pretrained.model
   config.init_from = ''  # the pretrained workdir, 'DIR' (latest step) or 'DIR:STEP'
   config.loss.update(dict(t2i=False, i2t=True, i2i=False, unpaired_text_loss='none',
                           unpaired_image_loss='none'))
   config.data.update(dict(paired='paired', test='test'))
-  config.batch.paired = 512
+  config.batch.update(dict(paired=512, paired_split=False))  # every example trains I2T
   config.total_steps = 10_000
   config.optimizer.update(dict(lr=1e-5, warmup_steps=500, schedule='cosine'))
   config.checkpoint_every = 2000

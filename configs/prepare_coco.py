@@ -18,6 +18,10 @@ SPLITS = {'paired': 'train+restval', 'val': 'val', 'test': 'test'}
 
 def get_config(arg=None):
   coco_root = arg or ''
+  if not os.path.isdir(coco_root):
+    raise ValueError(f'configs/prepare_coco.py: {coco_root!r} is not a directory (valid: the COCO '
+                     'root with dataset_coco.json, train2014/ and val2014/, as '
+                     '--config=configs/prepare_coco.py:COCO_ROOT)')
   config = ml_collections.ConfigDict()
   config.image_tokenizer = ''  # workdir of itit.train_tokenizer (or a converted MaskGIT VQGAN)
   config.text_tokenizer = ''  # the SentencePiece .model; empty: train one on text_corpus

@@ -10,7 +10,7 @@ import ml_collections
 
 
 def get_config(arg=None):
-  paired_fraction = float(arg) if arg else 0.02
+  paired_fraction = _paired_fraction(arg)
   config = ml_collections.ConfigDict()
   config.image_tokenizer = ''  # workdir of itit.train_tokenizer
   config.text_tokenizer = ''  # a SentencePiece .model; empty: train one on text_corpus
@@ -34,3 +34,17 @@ def get_config(arg=None):
     del config.streams['unpaired_image']
     del config.streams['unpaired_text']
   return config
+
+
+def _paired_fraction(arg):
+  """`arg` as the paired fraction in [0, 1] (default 0.02), or one clear error."""
+  if not arg:
+    return 0.02
+  try:
+    fraction = float(arg)
+  except ValueError:
+    fraction = None
+  if fraction is None or not 0.0 <= fraction <= 1.0:
+    raise ValueError(f'configs/prepare_shapes.py: {arg!r} is not a paired fraction (valid: a '
+                     'number in [0, 1], e.g. :0.02 or :1.0)')
+  return fraction

@@ -1,8 +1,9 @@
 """The CPU study model for the shapes world: 8x8 image tokens, a ~1000-piece SentencePiece text.
 
-Presets after the colon, comma-separated: `rowN` (the paper's table 2 row N, e.g. row14 = full
-ITIT) and `quick` (a short run for the README's quick start), e.g.
-`--config=configs/shapes.py:row14,quick`. No preset: row 3 (paired T2I + I2T + I2I).
+Presets after the colon, comma-separated: `rowN` (the paper's table 2 row N; no row: row 14, the
+full ITIT, as in every ITIT config; `:row3` is the paired baseline) and `quick` (a short run for
+the README's quick start), e.g. `--config=configs/shapes.py:row14,quick`. The jointly trained
+text encoder, and one paired batch shared by T2I and I2T (`batch.paired_split=False`).
 
 About 1.1M parameters; a paired train step (I2T+I2I and T2I, batch 64 each) costs ~44 GFLOPs.
 float32 compute, since bfloat16 matmuls are slower than float32 on CPUs.
@@ -11,7 +12,7 @@ from configs import base
 
 
 def get_config(arg=None):
-  config = base.get_config()
+  config = base.paper_config()
   config.model.update(dict(
       image_grid=8,  # 8x8 = 64 image tokens
       image_vocab_size=128,  # the shapes VQGAN's codebook (configs/vqgan_shapes.py)
@@ -31,42 +32,46 @@ def get_config(arg=None):
       # A 30-minute CPU run underfits, and dropout 0.1 costs ~16% of a paired step here.
       dropout=0.0,
   ))
-  config.model.text_encoder.update(dict(width=64, depth=1, num_heads=2, mlp_dim=128))
+  config.model.text_encoder.kind = 'learned'
+  config.model.text_encoder.learned.update(dict(width=64, depth=1, num_heads=2, mlp_dim=128))
   # An object covers 1-4 of the 64 tokens, so the paper's I2T masking (ratio 0.5-0.75) often
   # hides it from the captioner; 0.5 (the least the static drop of 32 allows) captions better
   # (docs/SHAPES.md: at step 800, tf valid 0.909 vs 0.895, exact 7.4% vs 3.9%).
   config.loss.mask_ratio_max_i2t = 0.5
-  config.batch.update(dict(paired=64, unpaired_image=64, unpaired_text=64))
+  config.batch.update(dict(paired=64, paired_split=False, unpaired_image=64, unpaired_text=64))
   # Pseudo images have 64 tokens: 8 decoding steps (8 tokens a step on average) instead of the
   # paper's 24 for 256 tokens (scripts/bench_cycle.py measures the cost).
   config.cycle.synthesis_steps = 8
-  presets = [p for p in (arg or '').split(',') if p]
-  _cpu_schedule(config, quick='quick' in presets)
-  for preset in presets:
-    if preset != 'quick':
-      base.apply_preset(config, preset, 'configs/shapes.py')
+  _cpu_schedule(config)
+  base.get_itit_config(config, arg, 'configs/shapes.py', {'quick': _quick})
   cycles = (config.loss.unpaired_text_loss.startswith('t2i2t')
             or config.loss.unpaired_image_loss.startswith('i2t2i'))
-  if cycles and 'quick' not in presets:
+  if cycles and config.eval_every:
     # Cycle runs also show their pseudo pairs (TensorBoard and images/*.png) at each evaluation.
     config.eval.evaluators = 'shapes,cycle'
   return config
 
 
-def _cpu_schedule(config, quick):
-  """Steps, optimizer and evaluation for a laptop-CPU run (the paper's 500K steps do not fit).
+def _cpu_schedule(config):
+  """Steps, optimizer and evaluation for a laptop-CPU run (the paper's 500K steps do not fit)."""
+  config.total_steps = 2400  # ~25 min of row-3 steps on 2 CPU cores
+  config.optimizer.update(dict(lr=1e-3, warmup_steps=100))
+  config.log_every = 25
+  config.checkpoint_every = 800
+  config.eval_every = 800
+  config.eval_batches = 4
+  config.eval.update(dict(shapes=True, num_examples=256, batch_size=64))
 
-  `quick` demonstrates the whole pipeline in minutes, not a converged model: smaller batches,
-  4 unguided synthesis steps in the cycles and a short evaluation.
-  """
-  config.total_steps = 200 if quick else 2400  # ~25 min of row-3 steps on 2 CPU cores
-  config.optimizer.update(dict(lr=1e-3, warmup_steps=20 if quick else 100))
-  config.log_every = 10 if quick else 25
-  config.checkpoint_every = 100 if quick else 800
-  config.eval_every = 0 if quick else 800
-  config.eval_batches = 2 if quick else 4
-  config.eval.update(dict(shapes=True, num_examples=64 if quick else 256, batch_size=64))
-  if quick:
-    config.batch.update(dict(paired=32, unpaired_image=32, unpaired_text=32))
-    config.cycle.update(dict(synthesis_steps=4, guidance_scale=0.0))
-    config.eval.update(dict(num_steps=12, shapes_splits='test'))
+
+def _quick(config):
+  """The `quick` preset: the whole pipeline in minutes, not a converged model. Smaller batches,
+  4 unguided synthesis steps in the cycles, and one short evaluation at the end."""
+  config.total_steps = 200
+  config.optimizer.warmup_steps = 20
+  config.log_every = 10
+  config.checkpoint_every = 100
+  config.eval_every = 0
+  config.eval_batches = 2
+  config.batch.update(dict(paired=32, unpaired_image=32, unpaired_text=32))
+  config.cycle.update(dict(synthesis_steps=4, guidance_scale=0.0))
+  config.eval.update(dict(num_examples=64, num_steps=12, shapes_splits='test'))

@@ -1,12 +1,9 @@
-"""ITIT-H (paper: 868M parameters without T5): ViT-H joint encoder and image decoder."""
+"""ITIT-H (paper: 868M parameters without T5): ViT-H joint encoder, frozen T5-XXL text encoder.
+
+Presets as configs/vit_b.py: no preset = table 2 row 14, `:rowN` = row N.
+"""
 from configs import base
 
 
 def get_config(arg=None):
-  del arg
-  config = base.get_config()
-  config.model.width = 1280
-  config.model.depth = 32
-  config.model.num_heads = 16
-  config.model.mlp_dim = 5120
-  return config
+  return base.get_itit_config(base.paper_config('H'), arg, 'configs/vit_h.py')

@@ -1,12 +1,9 @@
-"""ITIT-L (paper: 487M parameters without T5): ViT-L joint encoder and image decoder."""
+"""ITIT-L (paper: 487M parameters without T5): ViT-L joint encoder, frozen T5-XXL text encoder.
+
+Presets as configs/vit_b.py: no preset = table 2 row 14, `:rowN` = row N.
+"""
 from configs import base
 
 
 def get_config(arg=None):
-  del arg
-  config = base.get_config()
-  config.model.width = 1024
-  config.model.depth = 24
-  config.model.num_heads = 16
-  config.model.mlp_dim = 4096
-  return config
+  return base.get_itit_config(base.paper_config('L'), arg, 'configs/vit_l.py')

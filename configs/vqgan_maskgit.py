@@ -11,9 +11,11 @@ The other tokenizer configs (`vqgan_paper.py`, `vqgan_shapes.py`) start from thi
 """
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg=None):
-  del arg
+  common.presets(arg, 'configs/vqgan_maskgit.py', valid=())
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.total_steps = 1_000_000

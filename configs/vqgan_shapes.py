@@ -12,10 +12,12 @@ change with the rest of the scene; ITIT captions far better from such tokens, do
 Presets (the `arg` after the colon): '' (the full run) or 'quick' (fewer steps, for the README's
 quick start).
 """
+from configs import common
 from configs import vqgan_maskgit
 
 
 def get_config(arg=None):
+  presets = common.presets(arg, 'configs/vqgan_shapes.py', valid=('quick',))
   config = vqgan_maskgit.get_config()
   config.total_steps = 1500
   config.batch_size = 32
@@ -47,9 +49,7 @@ def get_config(arg=None):
   config.checkpoint_every = 500
   config.eval_batch_size = 100
 
-  if arg == 'quick':
+  if 'quick' in presets:
     config.total_steps = 600
     config.image_every = config.checkpoint_every = 300
-  elif arg:
-    raise ValueError(f"configs/vqgan_shapes.py: unknown preset {arg!r}; use '' or 'quick'.")
   return config

@@ -3,11 +3,12 @@ r"""Compiles the full train step for a target topology on faked CPU devices, and
   python -m itit.compile_check --config=configs/vit_b.py --devices=64 --mesh=1,64,1
 
 finds out whether a config fits a device BEFORE any hardware is rented: it builds the real
-`itit.train` step (the table 2 row 14 losses, cycles included, unless --row says otherwise)
-with abstract inputs (`jax.ShapeDtypeStruct`s carrying the target shardings), lowers and
-compiles it for `--devices` CPU devices laid out as `--mesh` (data,fsdp,tensor), and prints per
-device: parameters, optimizer state, the frozen T5 (if any), the batch, XLA's temporary buffers
-and their sum, as a table and as JSON (--json=FILE as well).
+`itit.train` step of the config (the paper configs: table 2 row 14, cycles included, with the
+frozen T5-XXL; `--config=configs/vit_b.py:row3` for another row) with abstract inputs
+(`jax.ShapeDtypeStruct`s carrying the target shardings), lowers and compiles it for `--devices`
+CPU devices laid out as `--mesh` (data,fsdp,tensor), and prints per device: parameters,
+optimizer state, the frozen T5 (no weights needed), the batch, XLA's temporary buffers and their
+sum, as a table and as JSON (--json=FILE as well).
 
 The parameter, optimizer and batch figures are exact (shard shapes). The temporary figure is the
 CPU compiler's: the SPMD partitioning is the one a TPU or GPU gets, but fusion and buffer reuse
@@ -28,21 +29,17 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from configs import base
-from configs import t5_xxl
 from itit import checkpointing
 from itit import optimizer as optimizer_lib
 from itit import partitioning
 from itit import train  # defines --config
+from itit import train_data
 from itit.models import itit as itit_model
 from itit.models import t5_loader
 
 _DEVICES = flags.DEFINE_integer('devices', 8, 'Target device count (faked CPU devices).')
 _MESH = flags.DEFINE_string('mesh', None, 'data,fsdp,tensor sizes, e.g. 1,64,1 (-1 fills); '
                             "default: the config's mesh section.")
-_ROW = flags.DEFINE_integer('row', 14, "Table 2 row whose losses to compile (0: the config's).")
-_T5 = flags.DEFINE_enum('t5', None, list(t5_xxl.VARIANTS),
-                        'Use the frozen T5-XXL text encoder (no weights needed).')
 _FROZEN_DTYPE = flags.DEFINE_enum('frozen_dtype', 'float32', ['float32', 'bfloat16'],
                                   'dtype of the frozen T5 parameters.')
 _COMPILE = flags.DEFINE_bool('compile', True, 'Lower and compile (else: exact bytes only).')
@@ -92,7 +89,8 @@ def check(config: ml_collections.ConfigDict, mesh, *, compile_step: bool = True,
   jax.config.update('jax_threefry_partitionable', True)
   num_devices = math.prod(mesh.shape.values())
   data_parallel = mesh.shape['data'] * mesh.shape['fsdp']
-  for stream, size in config.batch.items():
+  for stream in train_data.STREAMS:
+    size = config.batch[stream]
     if size % data_parallel:
       raise ValueError(f'batch.{stream}={size} does not divide by the data-parallel size '
                        f'{data_parallel} (mesh data x fsdp); set --config.batch.{stream}')
@@ -173,11 +171,6 @@ def main(argv):
   if config is None:
     raise app.UsageError('--config is required, e.g. --config=configs/vit_b.py')
   config = config.copy_and_resolve_references()
-  config.unlock()  # use_t5 adds sharding_rules
-  if _ROW.value:
-    base.table2_row(config, _ROW.value)
-  if _T5.value:
-    t5_xxl.use_t5(config, _T5.value)
   mesh_config = parse_mesh(_MESH.value) if _MESH.value else config.mesh
   if _COMPILE.value:
     # Fake the target's device count on the host CPU; must precede any device query.
@@ -192,7 +185,7 @@ def main(argv):
     mesh = partitioning.abstract_mesh(mesh_config, _DEVICES.value)
   frozen_dtype = jnp.dtype(_FROZEN_DTYPE.value)
   report = check(config, mesh, compile_step=_COMPILE.value, frozen_dtype=frozen_dtype)
-  report.update(t5=_T5.value, frozen_dtype=_FROZEN_DTYPE.value, row=_ROW.value)
+  report.update(text_encoder=config.model.text_encoder.kind, frozen_dtype=_FROZEN_DTYPE.value)
   print(format_report(report))
   print(json.dumps(report))
   if _JSON.value:

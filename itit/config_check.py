@@ -11,6 +11,8 @@ import os
 from itit import errors
 from itit import masking
 from itit import partitioning
+from itit import train_data
+from itit.models import t5_loader
 
 NAN_POLICIES = ('halt', 'skip')
 PRNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
@@ -38,6 +40,13 @@ def check_batch_sizes(config, data_parallel: int, process_count: int, streams) -
     if size % process_count:
       raise errors.UserError(f'batch.{stream}={size} is not divisible by the {process_count} '
                              f'processes; choose a multiple of {process_count}')
+  if 'paired' in streams and config.batch.paired_split:
+    per_shard = config.batch.paired // data_parallel
+    if per_shard % 2:
+      raise errors.UserError(
+          f'batch.paired={config.batch.paired} gives {per_shard} paired examples per '
+          f'data-parallel shard, which batch.paired_split cannot halve; choose a multiple of '
+          f'{2 * data_parallel}, or --config.batch.paired_split=false to share the paired batch')
 
 
 def check_data_dir(config, streams) -> None:
@@ -57,14 +66,26 @@ def check_data_dir(config, streams) -> None:
 
 
 def check_text_encoder(config) -> None:
+  """The frozen T5's directory must exist and hold a T5 of the configured architecture."""
   encoder = config.model.text_encoder
   if encoder.kind not in ('learned', 't5'):
     raise errors.UserError(f"model.text_encoder.kind={encoder.kind!r}; use 'learned' or 't5'")
-  if encoder.kind == 't5':
-    if not encoder.path or not os.path.isdir(encoder.path):
-      raise errors.MissingFileError(
-          f'model.text_encoder.path={encoder.path!r} is not a directory: point it at a local '
-          'Hugging Face T5 checkpoint (config.json + *.safetensors)')
+  if encoder.kind != 't5':
+    return
+  smoke = ('or, for a smoke run without T5 weights, train the small text encoder jointly: '
+           '--config.model.text_encoder.kind=learned')
+  if not encoder.path:
+    raise errors.MissingFileError(
+        'the frozen T5 text encoder needs its weights: point --config.model.text_encoder.path '
+        f'at a local Hugging Face T5 directory (config.json + *.safetensors), {smoke}')
+  if not os.path.isdir(encoder.path):
+    raise errors.MissingFileError(
+        f'model.text_encoder.path={encoder.path!r} is not a directory: point it at a local '
+        f'Hugging Face T5 directory (config.json + *.safetensors), {smoke}')
+  try:
+    t5_loader.check_config(encoder.t5, encoder.path)
+  except (FileNotFoundError, ValueError) as e:
+    raise errors.UserError(str(e)) from None
 
 
 def check_mask_ratios(config) -> None:
@@ -94,7 +115,7 @@ def check_mask_ratios(config) -> None:
 
 def check_train_config(config, num_devices: int, process_count: int, streams=None) -> None:
   """Every check above; `streams` are the input streams the enabled losses read (default all)."""
-  streams = sorted(streams if streams is not None else config.batch.keys())
+  streams = sorted(streams if streams is not None else train_data.STREAMS)
   for name in ('total_steps', 'log_every', 'checkpoint_every'):
     if config[name] <= 0:
       raise errors.UserError(f'{name}={config[name]}: must be a positive number of steps')
@@ -107,6 +128,6 @@ def check_train_config(config, num_devices: int, process_count: int, streams=Non
                            f'total_steps={config.total_steps}) (0: cycles from the first step)')
   data, fsdp, _ = check_mesh(config, num_devices)
   check_batch_sizes(config, data * fsdp, process_count, streams)
-  check_data_dir(config, streams)
   check_text_encoder(config)
+  check_data_dir(config, streams)
   check_mask_ratios(config)

@@ -39,6 +39,38 @@ PAD_ID = 0
 EOS_ID = 1
 TEXT_LOSSES = ('none', 't2t', 't2i2t_half', 't2i2t')
 IMAGE_LOSSES = ('none', 'i2i', 'i2t2i_half', 'i2t2i')
+# Table 2 of the paper, rows on one paired dataset: row -> (loss.t2i, loss.i2t,
+# loss.unpaired_text_loss, loss.unpaired_image_loss); loss.i2i follows loss.t2i. Row 13 also
+# reads the paired shards as its unpaired streams; row 4 (more pairs) is data, not losses.
+TABLE2_ROWS = {
+    1: (True, False, 'none', 'none'),
+    2: (False, True, 'none', 'none'),
+    3: (True, True, 'none', 'none'),
+    5: (True, True, 't2t', 'none'),
+    6: (True, True, 'none', 'i2i'),
+    7: (True, True, 't2t', 'i2i'),
+    8: (True, True, 't2i2t_half', 'none'),
+    9: (True, True, 'none', 'i2t2i_half'),
+    10: (True, True, 't2i2t_half', 'i2t2i_half'),
+    11: (True, True, 't2i2t', 'none'),
+    12: (True, True, 'none', 'i2t2i'),
+    13: (True, True, 't2i2t', 'i2t2i'),
+    14: (True, True, 't2i2t', 'i2t2i'),
+}
+
+
+def table2_row_of(config) -> int | None:
+  """The table 2 row whose losses (and streams) `config` trains, or None for a custom mix."""
+  loss = config.loss
+  switches = (loss.t2i, loss.i2t, loss.unpaired_text_loss, loss.unpaired_image_loss)
+  rows = [row for row, values in TABLE2_ROWS.items() if values == switches]
+  if not rows or loss.i2i != loss.t2i:
+    return None
+  own_data = (config.data.unpaired_image == config.data.paired
+              and config.data.unpaired_text == config.data.paired)
+  if set(rows) == {13, 14}:
+    return 13 if own_data else 14
+  return rows[0]
 
 
 def _apply(model, params, rng, method, *args, deterministic=False, **kwargs):

@@ -42,7 +42,8 @@ def load_run(workdir: str, step: int | None = None):
     config = ml_collections.ConfigDict(json.load(f))
   params, step = checkpointing.load_params(workdir, step)
   if config.model.text_encoder.kind == 't5':  # the frozen encoder is not in the checkpoint
-    frozen = t5_loader.load_t5_params(config.model.text_encoder.path, config.model.text_encoder)
+    frozen = t5_loader.load_t5_params(config.model.text_encoder.path,
+                                      config.model.text_encoder.t5)
     params = t5_loader.merge(params, frozen)
   return config, itit_model.ITIT(config.model), params, step
 

@@ -77,13 +77,13 @@ def stack(batch, q_len, k_len, width, depth, num_heads, mlp_dim, head_dim=None, 
 # -- the model's parts (forward) ---------------------------------------------------------------
 
 def text_encoder_width(mc) -> int:
-  return mc.text_encoder.width
+  return mc.text_encoder[mc.text_encoder.kind].width
 
 
 def text_encoder(mc, batch: int, length: int, distributions: bool = False) -> float:
   """The learned or T5 text encoder over [batch, length] (ids, or distributions: + a matmul)."""
-  te = mc.text_encoder
-  if te.kind == 't5':
+  te = mc.text_encoder[mc.text_encoder.kind]
+  if mc.text_encoder.kind == 't5':
     gated = te.feed_forward_proj.startswith('gated')
     flops = stack(batch, length, length, te.width, te.depth, te.num_heads, te.mlp_dim,
                   te.head_dim, gated)
@@ -194,19 +194,21 @@ def loss_flops(config, name: str) -> dict:
   # A T2I reconstruction's encoder pass drops nothing under the cosine mask schedule.
   t2i_kept = n if config.loss.get('t2i_mask_schedule') == 'cosine' else kept
   empty = text_encoder(mc, 1, 1)
+  # Under batch.paired_split each paired loss reads half of the paired batch.
+  paired = config.batch.paired // (2 if config.batch.get('paired_split') else 1)
   if name == 't2i':
-    b = config.batch.paired
+    b = paired
     train = (_text_encoder_train(mc, b, L) + 3 * encoder(mc, b, t2i_kept, L)
              + 3 * image_decoder(mc, b))
     return {'train': train, 'synthesis': 0.0}
   if name == 'i2t':
-    b = config.batch.paired
+    b = paired
     train = 3 * (encoder(mc, b, kept, 1) + text_decoder(mc, b, kept + 1, L)) + empty
     if config.loss.i2i:
       train += 3 * image_decoder(mc, b)
     return {'train': train, 'synthesis': 0.0}
   if name in ('i2i', 'unpaired_i2i'):
-    b = config.batch.paired if name == 'i2i' else config.batch.unpaired_image
+    b = paired if name == 'i2i' else config.batch.unpaired_image
     return {'train': 3 * (encoder(mc, b, kept, 1) + image_decoder(mc, b)) + empty,
             'synthesis': 0.0}
   if name == 't2t':

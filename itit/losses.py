@@ -44,7 +44,6 @@ def weighted_cross_entropy(logits, targets, weights, label_smoothing=0.0):
     (loss, accuracy): scalars, means over the weighted positions (argmax accuracy).
   """
   logits = logits.astype(jnp.float32)
-  num_classes = logits.shape[-1]
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   target_log_prob = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
   # sum_c smoothed_c * -log p_c with smoothed = (1 - a) one_hot + a / C.

@@ -49,6 +49,11 @@ class MetricWriter:
       self._tb.add_image(name, np.asarray(image), step, dataformats='HWC')
       Image.fromarray(np.asarray(image)).save(os.path.join(folder, f'{name}_{step}.png'))
 
+  def write_text(self, step: int, name: str, text: str) -> None:
+    """Markdown text under `name` in TensorBoard's text tab."""
+    if self.enabled:
+      self._tb.add_text(name, text, step)
+
   def flush(self) -> None:
     if self.enabled:
       self._tb.flush()

@@ -16,7 +16,7 @@ constrained.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -39,6 +39,7 @@ DEFAULT_RULES = (
     ('kv', 'fsdp'),
     ('length', None),
     ('layers', None),
+    ('relpos_buckets', None),  # T5's 32-bucket relative-position table stays whole
 )
 
 
@@ -87,13 +88,32 @@ def abstract_mesh(mesh_config, num_devices: int) -> AbstractMesh:
   return AbstractMesh(mesh_shape(mesh_config, num_devices), MESH_AXES)
 
 
+def divisible_spec(spec: P, shape: Sequence[int], mesh_shape: Mapping[str, int]) -> P:
+  """`spec` with trailing mesh axes dropped from any dimension they do not divide evenly.
+
+  E.g. a ViT-H attention bias [16 heads, 80] under P('tensor', 'fsdp') on fsdp=32 keeps its 80
+  whole: jax requires even shards, and the few such leaves (biases of an odd width) are small.
+  """
+  dims = []
+  for size, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    while axes and size % math.prod(mesh_shape[a] for a in axes):
+      axes = axes[:-1]
+    dims.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+  return P(*dims)
+
+
 def tree_shardings(abstract_tree, mesh: Mesh, rules) -> Any:
   """NamedShardings for a tree of (possibly boxed) abstract arrays from their logical names.
 
-  Leaves without logical annotations (optimizer counters, the step, RNG keys) are replicated.
+  Leaves without logical annotations (optimizer counters, the step, RNG keys) are replicated; a
+  mesh axis that does not divide a dimension is left out of it (`divisible_spec`).
   """
-  specs = nn.get_partition_spec(abstract_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_tree), rules)
+  shapes = nn.unbox(abstract_tree)
+  return jax.tree.map(
+      lambda spec, leaf: NamedSharding(mesh, divisible_spec(spec, leaf.shape, mesh.shape)),
+      specs, shapes, is_leaf=lambda x: isinstance(x, P))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

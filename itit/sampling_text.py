@@ -156,7 +156,9 @@ def beam_search(step_fn: StepFn, cache, *, batch_size: int, beam_size: int = 4, 
     batch_size: B.
     beam_size: beams per example (paper, after GIT: 4).
     max_len: generated tokens at most (EOS included).
-    length_penalty: alpha of the GNMT penalty (paper: 0.6), >= 0; 0 ranks by log-probability.
+    length_penalty: alpha of the GNMT penalty ((5 + L)^alpha / 6^alpha), >= 0; 0 ranks by
+      log-probability. The ITIT paper gives none; 0.6 is GNMT's value, which GIT's decoding
+      uses.
     bos_id: first input token.
     eos_id: token that ends a hypothesis.
     pad_id: written after the EOS.

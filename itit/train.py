@@ -13,13 +13,11 @@ import functools
 import json
 import os
 import signal
-import sys
 import time
 import zlib
 from typing import Any, Callable, Mapping
 
 from absl import app
-from absl import flags
 import flax
 import flax.linen as nn
 import jax
@@ -55,6 +53,12 @@ class TrainState:
   rng: jax.Array
   first_nonfinite_step: jax.Array  # -1 until a step has a non-finite loss or gradient
   skipped_steps: jax.Array  # updates dropped under nan_policy='skip'
+
+
+# The input stream each loss reads.
+LOSS_STREAMS = {'t2i': 'paired', 'i2t': 'paired', 'i2i': 'paired', 't2t': 'unpaired_text',
+                't2i2t': 'unpaired_text', 'unpaired_i2i': 'unpaired_image',
+                'i2t2i': 'unpaired_image'}
 
 
 def make_loss_fns(config, model) -> dict[str, tuple[str, Callable]]:
@@ -102,6 +106,54 @@ def make_loss_fns(config, model) -> dict[str, tuple[str, Callable]]:
           for name, (stream, fn) in fns.items()}
 
 
+_LOSS_LABELS = {'t2i': 'T2I (eq. 2)', 'i2t': 'I2T (eq. 1) + I2I', 'i2i': 'I2I',
+                't2t': 'T2T', 'unpaired_i2i': 'I2I on unpaired images',
+                't2i2t': 'T2I2T (eq. 3)', 'i2t2i': 'I2T2I (eq. 4)'}
+
+
+def run_summary(config, loss_names, counts: Mapping[str, int], mesh_shape: Mapping) -> str:
+  """What a run trains, as a block of lines: table-2 row, losses and weights, text encoder,
+  per-loss batches, synthesis settings, parameters, optimizer and mesh."""
+  row = cycle_losses.table2_row_of(config)
+  split = config.batch.paired_split
+  lines = [f'table 2 row: {row if row is not None else "custom"}']
+  for name in sorted(loss_names):
+    stream = LOSS_STREAMS[name]
+    batch = config.batch[stream] // (2 if split and stream == 'paired' else 1)
+    label = _LOSS_LABELS[name]
+    if name == 't2i2t' and config.loss.unpaired_text_loss == 't2i2t_half':
+      label += ', half cycle'
+    if name == 'i2t2i' and config.loss.unpaired_image_loss == 'i2t2i_half':
+      label += ', half cycle'
+    lines.append(f'  loss {name}: {label}, weight {config.loss.weights[name]:g}, '
+                 f'{batch} {stream} examples per step')
+  encoder = config.model.text_encoder
+  if encoder.kind == 't5':
+    lines.append(f'text encoder: frozen T5 from {encoder.path or "(no path)"} '
+                 f'({counts["text_encoder"] / 1e6:.1f}M parameters, width '
+                 f'{encoder.t5.width}, depth {encoder.t5.depth})')
+  else:
+    lines.append(f'text encoder: learned jointly ({counts["text_encoder"] / 1e6:.2f}M '
+                 f'parameters, width {encoder.learned.width}, depth {encoder.learned.depth})')
+  streams = sorted({LOSS_STREAMS[name] for name in loss_names})
+  paired_note = (' (T2I and I2T/I2I read different halves)' if split
+                 else ' (T2I and I2T/I2I share it)')
+  lines.append('examples per step: ' + ', '.join(
+      f'{s} {config.batch[s]}' + (paired_note if s == 'paired' else '') for s in streams))
+  c = config.cycle
+  if {'t2i2t', 'i2t2i'} & set(loss_names):
+    start = f'from step {c.start_step}' if c.start_step else 'from step 0'
+    lines.append(f'synthesis: pseudo images {c.synthesis_steps} steps, guidance '
+                 f'{c.guidance_scale:g}, temperature {c.temperature:g}; pseudo captions greedy, '
+                 f'{config.model.max_text_len} tokens; Gumbel {c.gumbel_strength:g}; cycles '
+                 f'{start}')
+  lines.append(itit_model.format_param_counts(counts))
+  o = config.optimizer
+  lines.append(f'optimizer: {o.name}, lr {o.lr:g} ({o.schedule}, {o.warmup_steps} warm-up '
+               f'steps), {config.total_steps} steps; mesh {dict(mesh_shape)}')
+  return '\n'.join(lines)
+
+
 def loss_rng(rng: jax.Array, name: str) -> jax.Array:
   """A per-loss key that does not depend on which other losses are enabled."""
   return jax.random.fold_in(rng, zlib.crc32(name.encode()) & 0x7FFFFFFF)
@@ -114,15 +166,37 @@ def full_params(params, frozen):
 
 # The losses that train on pseudo pairs the model makes itself (eqs. 3-4, full or half).
 CYCLE_LOSSES = ('t2i2t', 'i2t2i')
+# Under batch.paired_split: which half of the paired batch each paired loss reads.
+PAIRED_HALF = {'t2i': 0, 'i2t': 1, 'i2i': 1}
+
+
+def paired_half(paired: Mapping[str, jax.Array], half: int) -> dict[str, jax.Array]:
+  """Rows 0, 2, 4, ... (half 0) or 1, 3, 5, ... (half 1) of a paired batch {field: [B, ...]}.
+
+  Interleaved rather than first/second half: the batch is sharded over its rows, and every
+  device's contiguous block (of even size, config_check) holds both halves, so the split moves
+  no data between devices.
+  """
+  return {k: v.reshape(v.shape[0] // 2, 2, *v.shape[1:])[:, half] for k, v in paired.items()}
+
+
+def loss_inputs(batch: Mapping[str, Any], name: str, stream: str, paired_split: bool):
+  """The examples loss `name` reads from `batch[stream]`: with paired_split (the paper's
+  batch), T2I and I2T/I2I read different halves of the paired batch; otherwise all of it."""
+  if paired_split and stream == 'paired':
+    return paired_half(batch[stream], PAIRED_HALF[name])
+  return batch[stream]
 
 
 def train_step(state: TrainState, batch: Mapping[str, Any], frozen=None, *, loss_fns, tx,
-               schedule, nan_policy: str, cycle_start_step: int = 0) -> tuple[TrainState, dict]:
+               schedule, nan_policy: str, cycle_start_step: int = 0,
+               paired_split: bool = False) -> tuple[TrainState, dict]:
   """One update: the enabled losses summed with equal weights (the paper's eqs. 1-4).
 
   `frozen` (the pretrained T5 encoder's parameters, or None) is an input, not state: it gets no
   gradient, no optimizer state and no checkpoint. Before `cycle_start_step` the cycle losses
   (CYCLE_LOSSES) are skipped, synthesis included (`lax.cond`), and count 0 with 0 metrics.
+  `paired_split`: T2I and I2T/I2I read different halves of batch['paired'] (`loss_inputs`).
   """
   rng, step_rng = jax.random.split(state.rng)
 
@@ -130,7 +204,8 @@ def train_step(state: TrainState, batch: Mapping[str, Any], frozen=None, *, loss
     total, metrics = 0.0, {}
     params = full_params(params, frozen)
     for name, (stream, fn) in sorted(loss_fns.items()):
-      compute = functools.partial(fn, batch=batch[stream], rng=loss_rng(step_rng, name))
+      compute = functools.partial(fn, batch=loss_inputs(batch, name, stream, paired_split),
+                                  rng=loss_rng(step_rng, name))
       if cycle_start_step > 0 and name in CYCLE_LOSSES:
         skipped = lambda p, compute=compute: jax.tree.map(
             lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(compute, p))
@@ -287,7 +362,8 @@ def jit_train_step(config, loss_fns, tx, schedule, state_shardings):
   return jax.jit(
       functools.partial(train_step, loss_fns=loss_fns, tx=tx, schedule=schedule,
                         nan_policy=config.nan_policy,
-                        cycle_start_step=config.cycle.start_step),
+                        cycle_start_step=config.cycle.start_step,
+                        paired_split=config.batch.paired_split),
       out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
@@ -334,8 +410,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   frozen_kind = config.model.text_encoder.kind == 't5'
   abstract_state, state_shardings, frozen_shardings = state_layout(config, tx, mesh, rules)
 
-  print(f'ITIT {itit_model.format_param_counts(itit_model.count_params(config))}; '
-        f'mesh {dict(mesh.shape)}; losses {sorted(loss_fns)}', flush=True)
+  summary = run_summary(config, list(loss_fns), itit_model.count_params(config), mesh.shape)
+  print('ITIT run:\n  ' + summary.replace('\n', '\n  '), flush=True)
 
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                             max_to_keep=config.keep_checkpoints)
@@ -344,7 +420,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if frozen_kind:
     t5_path = config.model.text_encoder.path
     meta['text_encoder'] = t5_loader.t5_identity(t5_path)
-    frozen = jax.device_put(t5_loader.load_t5_params(t5_path, config.model.text_encoder),
+    frozen = jax.device_put(t5_loader.load_t5_params(t5_path, config.model.text_encoder.t5),
                             frozen_shardings)
   latest = checkpointer.latest_step()
   with nn.logical_axis_rules(rules):
@@ -373,6 +449,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f.write(config.to_json_best_effort(indent=2))
   writer = metric_writer.MetricWriter(workdir)
   step = int(jax.device_get(state.step))
+  writer.write_text(step, 'run', '\n'.join(f'    {line}' for line in summary.split('\n')))
   progress = metric_writer.Progress(config.total_steps, step)
   preemption = _Preemption()
   last_checked = step

@@ -21,6 +21,7 @@ from itit.data import pipeline
 from itit.data import shards
 
 _STREAM_SEED_OFFSET = {'paired': 0, 'unpaired_image': 1, 'unpaired_text': 2}
+STREAMS = tuple(_STREAM_SEED_OFFSET)
 
 
 def _as_model_inputs(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

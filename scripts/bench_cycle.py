@@ -64,7 +64,8 @@ def make_config(name):
   config.cycle.synthesis_steps = steps
   config.cycle.guidance_scale = config.cycle.guidance_scale if guided else 0.0
   if name == 'row3_total':
-    config.batch.paired = sum(config.batch.values())
+    config.batch.paired = sum(config.batch[s] for s in ('paired', 'unpaired_image',
+                                                         'unpaired_text'))
   return config
 
 

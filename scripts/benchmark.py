@@ -84,6 +84,8 @@ def load_config(spec, overrides):
 def row_config(config, row, batch):
   """Table 2 `row` with per-stream batch `batch` (row 3: 3 x batch paired, the same total)."""
   config = base.table2_row(config.copy_and_resolve_references(), row)
+  # Both paired losses read the whole paired batch, as in every figure recorded so far.
+  config.batch.paired_split = False
   if row == 3:
     config.batch.update(dict(paired=3 * batch, unpaired_image=batch, unpaired_text=batch))
   else:

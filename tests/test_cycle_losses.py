@@ -177,18 +177,18 @@ def test_table2_presets_select_losses_and_streams():
     has_text, has_image = base.TABLE2_ROWS[row][2] != 'none', base.TABLE2_ROWS[row][3] != 'none'
     expected[row] = ({'t2i2t': 'unpaired_text'} if has_text else {}) | (
         {'i2t2i': 'unpaired_image'} if has_image else {})
-  for row, losses in expected.items():
+  for row, row_losses in expected.items():
     config = tiny.get_config(f'row{row}')
     if row > 3:
-      losses = {'t2i': 'paired', 'i2t': 'paired', **losses}
+      row_losses = {'t2i': 'paired', 'i2t': 'paired', **row_losses}
     fns = train.make_loss_fns(config, ITIT(config.model))
-    assert {name: stream for name, (stream, _) in fns.items()} == losses, row
+    assert {name: stream for name, (stream, _) in fns.items()} == row_losses, row
   assert tiny.get_config('row10').loss.unpaired_text_loss == 't2i2t_half'
   assert tiny.get_config('row13').data.unpaired_text == 'paired'
   assert tiny.get_config('row14').data.unpaired_text == 'unpaired_text'
   with pytest.raises(ValueError, match='row 4'):
     tiny.get_config('row4')
-  config = tiny.get_config()
+  config = tiny.get_config('row3')
   config.loss.unpaired_text_loss = 'cycle'
   with pytest.raises(ValueError, match='unpaired_text_loss'):
     train.make_loss_fns(config, ITIT(config.model))

@@ -83,7 +83,7 @@ def shapes_run(tmp_path_factory):
   TextTokenizer.train(shapes.caption_corpus(num_scenes=300), spiece, vocab_size=128)
   write_shapes_shards(str(root / 'data'), vq_dir, spiece)
 
-  config = tiny.get_config()
+  config = tiny.get_config('row3')
   config.model.update(dict(image_grid=8, image_vocab_size=512, text_vocab_size=128,
                            max_text_len=32, num_dropped=32))
   config.data.dir = str(root / 'data')
@@ -405,5 +405,5 @@ def test_coco_finetune_preset_trains_captioning_only():
   assert config.init_from == '' and config.model.width == tiny.get_config().model.width
   assert config.eval.evaluators == 'coco_captions' and config.eval.coco.beam_size == 4
   assert sorted(train.make_loss_fns(config, None)) == ['i2t']
-  with pytest.raises(ValueError, match='not one of'):
+  with pytest.raises(ValueError, match="unknown preset 'vit_x' .valid: vit_b"):
     coco_finetune.get_config('vit_x')

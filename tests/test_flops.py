@@ -32,8 +32,8 @@ def widened(config, factor):
   m = config.model
   for key in ('width', 'mlp_dim', 'text_decoder_width', 'text_decoder_mlp_dim'):
     m[key] *= factor
-  m.text_encoder.width *= factor
-  m.text_encoder.mlp_dim *= factor
+  m.text_encoder.learned.width *= factor
+  m.text_encoder.learned.mlp_dim *= factor
   return config
 
 

@@ -45,9 +45,9 @@ def test_output_shapes(setup):
   c, apply = setup['config'], setup['apply']
   n, length = c.image_grid ** 2, c.max_text_len
   text_features = apply(ITIT.encode_text, setup['text_ids'])
-  assert text_features.shape == (B, length, c.text_encoder.width)
+  assert text_features.shape == (B, length, c.text_encoder.learned.width)
   empty, empty_mask = apply(ITIT.empty_text, B)
-  assert empty.shape == (B, 1, c.text_encoder.width)
+  assert empty.shape == (B, 1, c.text_encoder.learned.width)
   np.testing.assert_array_equal(empty_mask, True)
   encoded = _encode(setup)
   rows = n - c.num_dropped + length
@@ -158,7 +158,7 @@ def test_every_parameter_has_logical_axes(setup):
 def test_param_counts_match_paper(name, paper_total):
   """Totals without the frozen T5-XXL, with the projection of its 4096-d features."""
   config = importlib.import_module(f'configs.{name}').get_config()
-  config.model.text_encoder.update(dict(width=4096, depth=1, num_heads=64, mlp_dim=1024))
+  assert config.model.text_encoder.kind == 't5' and config.model.text_encoder.t5.width == 4096
   counts = itit.count_params(config)
   assert abs(counts['total_without_text_encoder'] / paper_total - 1) < 0.01, counts
 

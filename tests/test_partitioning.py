@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import t5_xxl
 from configs import tiny
 from configs import vit_b
 from configs import vit_h
@@ -30,11 +29,6 @@ def _param_layout(config, mesh_sizes):
   return nn.unbox(boxed), shardings
 
 
-def _vit_h_t5():
-  config = vit_h.get_config()
-  return t5_xxl.use_t5(config, 'flan')
-
-
 def test_mesh_shape_fills_and_rejects():
   assert partitioning.mesh_shape(dict(data=-1, fsdp=4, tensor=2), 64) == (8, 4, 2)
   assert partitioning.mesh_shape(dict(data=2, fsdp=2, tensor=2), 8) == (2, 2, 2)
@@ -51,15 +45,13 @@ def test_make_mesh_on_the_local_device():
   assert dict(mesh.shape) == dict(data=jax.device_count(), fsdp=1, tensor=1)
 
 
-@pytest.mark.parametrize('make_config', [tiny.get_config, vit_b.get_config, vit_h.get_config,
-                                         _vit_h_t5], ids=['tiny', 'vit_b', 'vit_h', 'vit_h_t5'])
+@pytest.mark.parametrize('make_config', [tiny.get_config, vit_b.get_config, vit_h.get_config],
+                         ids=['tiny', 'vit_b_t5', 'vit_h_t5'])
 def test_fsdp8_holds_an_eighth_of_the_parameters(make_config):
   config = make_config()
   params, shardings = _param_layout(config, (1, 8, 1))
-  if not config.get('sharding_rules'):
-    # The default rules shard every parameter with more than a few elements, biases included
-    # (configs/t5_xxl.py's own rules leave the MLP biases whole: 0.01% of the bytes).
-    assert partitioning.replicated_leaves(params, shardings, min_size=4096) == []
+  # The default rules shard every parameter with more than a few elements, biases included.
+  assert partitioning.replicated_leaves(params, shardings, min_size=4096) == []
   total = partitioning.total_bytes(params)
   assert partitioning.per_device_bytes(params, shardings) <= total / 8 * 1.05
 
@@ -78,8 +70,8 @@ def test_kernels_and_vectors_take_the_expected_axes():
   assert params['encoder_image_embedding'].shape == (32, 32)
 
 
-def test_t5_rules_from_config_shard_the_frozen_encoder():
-  config = _vit_h_t5()
+def test_the_default_rules_shard_the_frozen_t5_encoder():
+  config = vit_h.get_config()
   rules = partitioning.logical_rules(config)
   assert ('batch', ('data', 'fsdp')) in rules and ('embed', 'fsdp') in rules
   params, shardings = _param_layout(config, (1, 16, 4))
@@ -89,6 +81,7 @@ def test_t5_rules_from_config_shard_the_frozen_encoder():
 
 def test_optimizer_state_follows_the_parameters():
   config = vit_b.get_config()
+  config.model.text_encoder.kind = 'learned'
   mesh = partitioning.abstract_mesh(dict(data=1, fsdp=8, tensor=1), 8)
   tx, _ = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
   abstract, shardings, frozen = train.state_layout(config, tx, mesh,
@@ -142,3 +135,24 @@ def test_launch_settings():
   with pytest.raises(ValueError, match='JAX_NUM_PROCESSES'):
     settings(dict(JAX_COORDINATOR_ADDRESS='h:1', JAX_NUM_PROCESSES='two', JAX_PROCESS_ID='0'))
   assert distributed.initialize(env={}) is False
+
+
+def test_divisible_spec_drops_only_the_axes_that_do_not_divide():
+  mesh = dict(data=2, fsdp=32, tensor=4)
+  assert partitioning.divisible_spec(P('tensor', 'fsdp'), (16, 80), mesh) == P('tensor', None)
+  assert partitioning.divisible_spec(P('tensor', 'fsdp'), (16, 96), mesh) == P('tensor', 'fsdp')
+  # A dimension sharded over two axes keeps the leading one when only it divides.
+  assert partitioning.divisible_spec(P(('tensor', 'fsdp'),), (20,), mesh) == P('tensor')
+  assert partitioning.divisible_spec(P(None, 'fsdp'), (3, 64), mesh) == P(None, 'fsdp')
+  assert partitioning.divisible_spec(P(), (5,), mesh) == P(None)
+
+
+@pytest.mark.parametrize('fsdp', [32, 64])
+def test_vit_h_lays_out_on_the_papers_pod_sizes(fsdp):
+  """ViT-H's 80-wide attention heads do not divide by 32 or 64: those bias dimensions stay
+  whole, and the rest shards evenly (1/fsdp of the bytes per device, to within 5%)."""
+  params, shardings = _param_layout(vit_h.get_config(), (1, fsdp, 1))
+  assert partitioning.per_device_bytes(params, shardings) <= (
+      partitioning.total_bytes(params) / fsdp * 1.05)
+  whole = partitioning.replicated_leaves(params, shardings, min_size=4096)
+  assert whole == []

@@ -83,7 +83,7 @@ def overrides(data_dir, **changes):
 
 
 def make_config(data_dir, **changes):
-  config = tiny.get_config()
+  config = tiny.get_config('row3')
   for key, value in overrides(data_dir, **changes).items():
     *parents, leaf = key.split('.')
     target = config
@@ -96,7 +96,7 @@ def make_config(data_dir, **changes):
 def cli(script, workdir, data_dir, env=None, **changes):
   """Runs `script` (a module name or a .py path) with the test config as flags."""
   command = [sys.executable] + (['-m', script] if not script.endswith('.py') else [script])
-  command += ['--config=configs/tiny.py', f'--workdir={workdir}']
+  command += ['--config=configs/tiny.py:row3', f'--workdir={workdir}']
   command += [f'--config.{k}={v}' for k, v in overrides(data_dir, **changes).items()]
   return subprocess.run(command, cwd=REPO, env={**os.environ, **(env or {})},
                         capture_output=True, text=True, timeout=600)

@@ -69,7 +69,7 @@ def torch_features(model, ids, mask):
 
 def jax_encoder(section):
   model_config = tiny.get_config().model
-  model_config.text_encoder = section
+  model_config.text_encoder.update(kind='t5', t5=section)
   model_config.text_vocab_size = section.vocab_size
   return t5.make_t5_encoder(model_config, jnp.float32)
 
@@ -206,7 +206,8 @@ def test_identity_follows_content(checkpoints, tmp_path):
 def test_loaded_params_fit_itit_and_split_merge(checkpoints):
   model, single, _ = checkpoints['gated-gelu']
   config = tiny.get_config()
-  config.model.text_encoder = t5_loader.text_encoder_config(single)
+  config.model.text_encoder.update(kind='t5', path=single,
+                                   t5=t5_loader.text_encoder_config(single))
   config.model.text_vocab_size = VOCAB
   net = itit.ITIT(config.model)
   ids, mask = padded_batch(3, lengths=(8, 3))
@@ -217,7 +218,7 @@ def test_loaded_params_fit_itit_and_split_merge(checkpoints):
                          nn.meta.unbox(shapes['params']))
   trainable, frozen = t5_loader.split_frozen(initial)
   assert 'text_encoder' not in trainable and 'encoder' in trainable
-  loaded = t5_loader.load_t5_params(single, config.model.text_encoder, progress=False)
+  loaded = t5_loader.load_t5_params(single, config.model.text_encoder.t5, progress=False)
   assert jax.tree.structure(loaded) == jax.tree.structure(frozen)
   params = t5_loader.merge(trainable, loaded)
   features = net.apply({'params': params}, ids, jnp.asarray(mask), deterministic=True,

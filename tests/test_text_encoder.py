@@ -20,7 +20,7 @@ def encoder_and_params():
 def test_shapes_and_padding_mask(encoder_and_params):
   encoder, params, ids, config = encoder_and_params
   features, mask = encoder.apply({'params': params}, ids, deterministic=True)
-  assert features.shape == (2, 6, config.text_encoder.width)
+  assert features.shape == (2, 6, config.text_encoder.learned.width)
   np.testing.assert_array_equal(mask, ids != 0)
   # Padding does not leak into real positions.
   longer = jnp.pad(ids, ((0, 0), (0, 3)))
@@ -57,8 +57,9 @@ def test_bad_distribution_shape(encoder_and_params):
 
 
 def test_relative_position_buckets():
-  offsets = jnp.array([-200, -3, -1, 0, 1, 3, 7, 200])
-  buckets = np.asarray(text_encoder.relative_position_buckets(offsets, 32, 128))
+  offsets = np.array([-200, -3, -1, 0, 1, 3, 7, 200])
+  table = text_encoder.relative_position_bucket_table(201, 401, 32, 128)
+  buckets = table[200, offsets + 200]  # key - query offsets from the query at position 200
   # Small offsets have their own buckets, positive offsets use the upper half, far ones share
   # the last bucket of their direction.
   np.testing.assert_array_equal(buckets[[2, 3, 4, 5]], [1, 0, 17, 19])

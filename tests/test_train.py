@@ -2,7 +2,6 @@
 import json
 import os
 
-import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -11,6 +10,7 @@ import pytest
 from configs import tiny
 from itit import checkpointing
 from itit import loss_gradients
+from itit import optimizer as optimizer_lib
 from itit import train
 from itit.data import shapes
 from itit.data import shards
@@ -48,7 +48,7 @@ def data_dir(tmp_path_factory):
 
 
 def tiny_config(data_dir, **overrides):
-  config = tiny.get_config()
+  config = tiny.get_config('row3')
   config.data.dir = data_dir
   config.total_steps = 6
   config.log_every = 2
@@ -151,7 +151,8 @@ def test_frozen_t5_stays_out_of_state_and_resume_checks_it(data_dir, tmp_path):
   from itit.models import t5_loader
   t5_dir = _random_t5(tmp_path / 't5', seed=0)
   config = tiny_config(data_dir, max_steps_per_run=3)
-  config.model.text_encoder = t5_loader.text_encoder_config(t5_dir)
+  config.model.text_encoder.update(kind='t5', path=t5_dir,
+                                   t5=t5_loader.text_encoder_config(t5_dir))
   workdir = str(tmp_path / 't5run')
   assert train.train_and_evaluate(config, workdir) == {'stopped_at_step': 3}
   _, params = final_params(workdir)
@@ -180,3 +181,51 @@ def test_rbg_prng_resumes_bitwise_and_refuses_another_impl(data_dir, tmp_path):
   for a, b in zip(jax.tree.leaves(final_params(straight)[1]),
                   jax.tree.leaves(final_params(resumed)[1])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _rows_each_loss_reads(paired_split):
+  """One (unjitted) train step whose two paired 'losses' report the example ids they read."""
+  config = tiny.get_config('row3')
+  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
+  state = train.init_train_state(config, tx, train.seed_key_data(config))
+
+  def spy(params, batch, rng):
+    del rng
+    # A loss that depends on the parameters (so there is a gradient) and reports its examples.
+    weight = jax.tree.leaves(params)[0].sum()
+    return 0.0 * weight, {'examples': batch['text_ids'][:, 0]}
+
+  ids = np.arange(8, dtype=np.int32)
+  paired = {'image_tokens': np.zeros((8, 16), np.int32),
+            'text_ids': np.stack([ids, ids + 100], axis=1)}
+  _, metrics = train.train_step(state, {'paired': paired}, loss_fns={
+      't2i': ('paired', spy), 'i2t': ('paired', spy)}, tx=tx, schedule=schedule,
+      nan_policy='halt', paired_split=paired_split)
+  return np.asarray(metrics['t2i/examples']), np.asarray(metrics['i2t/examples'])
+
+
+def test_paper_split_gives_t2i_and_i2t_different_paired_examples():
+  t2i, i2t = _rows_each_loss_reads(paired_split=True)
+  np.testing.assert_array_equal(t2i, [0, 2, 4, 6])
+  np.testing.assert_array_equal(i2t, [1, 3, 5, 7])
+
+
+def test_shared_batch_gives_t2i_and_i2t_the_same_paired_examples():
+  t2i, i2t = _rows_each_loss_reads(paired_split=False)
+  np.testing.assert_array_equal(t2i, np.arange(8))
+  np.testing.assert_array_equal(i2t, np.arange(8))
+
+
+def test_paired_half_interleaves_rows():
+  """Rows alternate between the halves, so each device's contiguous block holds both."""
+  batch = {'text_ids': np.arange(12, dtype=np.int32).reshape(6, 2)}
+  halves = [train.paired_half(batch, h)['text_ids'] for h in (0, 1)]
+  np.testing.assert_array_equal(halves[0], [[0, 1], [4, 5], [8, 9]])
+  np.testing.assert_array_equal(halves[1], [[2, 3], [6, 7], [10, 11]])
+
+
+def test_an_odd_paired_shard_is_refused_under_the_split(data_dir, tmp_path):
+  config = tiny_config(data_dir, **{'batch.paired': 5, 'batch.paired_split': True})
+  with pytest.raises(ValueError, match='batch.paired_split cannot halve'):
+    train.train_and_evaluate(config, str(tmp_path / 'odd'))
+  assert not os.path.exists(tmp_path / 'odd')

@@ -7,8 +7,9 @@ scaling (T5 folds it into the initialisation), one relative position bias (bidir
 buckets) computed once and shared by every layer, a final RMSNorm, no embedding scaling.
 
 Pieces that are the same math as the learned T5-style encoder are shared with it:
-`text_encoder.embed_text` (ids by gather, distributions by matmul), `RelativePositionBias` and
-`layers.Attention`. The encoder is frozen, so it has no dropout.
+`text_encoder.embed_text` (ids by gather, distributions by matmul), `RelativePositionBias` (its
+buckets computed exactly on the host, `relative_position_bucket_table`) and `layers.Attention`.
+The encoder is frozen, so it has no dropout.
 
 Precision: with `dtype=bfloat16` the matmuls run in bf16 (the attention logits and softmax in
 float32, inside `jax.nn.dot_product_attention`), while the residual stream and the RMSNorm
@@ -164,16 +165,16 @@ class T5Encoder(nn.Module):
 
 
 def make_t5_encoder(model_config, dtype, name='text_encoder'):
-  """The T5 encoder described by `config.model.text_encoder` (kind='t5').
+  """The T5 encoder described by `config.model.text_encoder.t5` (kind='t5').
 
   The text decoder's distributions feed this encoder in the I2T2I cycle, so the model's text
   vocabulary must be the T5 embedding's row count.
   """
-  cfg = model_config.text_encoder
+  cfg = model_config.text_encoder.t5
   if model_config.text_vocab_size != cfg.vocab_size:
     raise ValueError(
         f'config.model.text_vocab_size={model_config.text_vocab_size} but the T5 embedding has '
-        f'text_encoder.vocab_size={cfg.vocab_size} rows: set config.model.text_vocab_size='
+        f'text_encoder.t5.vocab_size={cfg.vocab_size} rows: set config.model.text_vocab_size='
         f'{cfg.vocab_size} (the decoder emits distributions over the T5 vocabulary)')
   parse_feed_forward_proj(cfg.feed_forward_proj)
   return T5Encoder(

@@ -35,7 +35,7 @@ SINGLE_FILE = 'model.safetensors'
 INDEX_FILE = 'model.safetensors.index.json'
 TOKENIZER_FILE = 'spiece.model'
 
-# Our text_encoder field -> (config.json key, transformers' T5Config default).
+# Our text_encoder.t5 field -> (config.json key, transformers' T5Config default).
 CONFIG_FIELDS = {
     'vocab_size': ('vocab_size', 32128),
     'width': ('d_model', 512),
@@ -66,18 +66,16 @@ def _read_hf_config(path):
 
 
 def text_encoder_config(path) -> ml_collections.ConfigDict:
-  """The `config.model.text_encoder` section (kind='t5') for the checkpoint at `path`."""
+  """The `config.model.text_encoder.t5` section (the architecture) of the checkpoint at `path`."""
   hf_config = _read_hf_config(path)
-  section = {'kind': 't5', 'path': os.fspath(path)}
-  for field, (key, default) in CONFIG_FIELDS.items():
-    section[field] = hf_config.get(key, default)
-  return ml_collections.ConfigDict(section)
+  return ml_collections.ConfigDict({field: hf_config.get(key, default)
+                                    for field, (key, default) in CONFIG_FIELDS.items()})
 
 
 def check_config(cfg, path):
   """Raises naming every architecture field where `cfg` and `path`/config.json disagree."""
   expected = text_encoder_config(path)
-  wrong = [f'text_encoder.{field}={cfg.get(field)!r} but config.json has '
+  wrong = [f'text_encoder.t5.{field}={cfg.get(field)!r} but config.json has '
            f'{CONFIG_FIELDS[field][0]}={expected[field]!r}'
            for field in CONFIG_FIELDS if cfg.get(field) != expected[field]]
   if wrong:
@@ -157,7 +155,7 @@ def load_t5_params(path, cfg, dtype=np.float32, progress=True) -> dict:
 
   Args:
     path: a Hugging Face T5 directory.
-    cfg: the `config.model.text_encoder` section (kind='t5'); checked against config.json.
+    cfg: the `config.model.text_encoder.t5` section; checked against config.json.
     dtype: numpy dtype of the returned arrays.
     progress: show a progress bar (T5-XXL's encoder is ~19 GB in float32).
   Returns:

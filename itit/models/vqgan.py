@@ -21,7 +21,7 @@ import functools
 import hashlib
 import json
 import os
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import flax.serialization
