@@ -13,8 +13,9 @@ import ml_collections
 
 from configs import common
 from configs import t5_xxl
-from itit import evaluators
-from itit.cycle_losses import TABLE2_ROWS
+from itit import evaluation
+from itit.losses.registry import DEFAULT_WEIGHTS
+from itit.losses.registry import TABLE2_ROWS
 
 
 # The joint encoder (and MAGE image decoder) of ITIT-B / L / H: ViT-B/L/H widths and depths.
@@ -89,7 +90,7 @@ def paper_config(size='B'):
       unpaired_text='unpaired_text',
       test='test',
       # Per-stream record limits: train on the FIRST n records of the stream's shards (0 = all).
-      # The study (scripts/study.py) grows the unpaired data, or the pairs, with these.
+      # The study (experiments/shapes_study) grows the unpaired data, or the pairs, with these.
       max_records=ml_collections.ConfigDict(dict(paired=0, unpaired_image=0, unpaired_text=0)),
   ))
   # Examples read per step from each stream (table 3: 2048 in all). With paired_split the
@@ -112,7 +113,7 @@ def paper_config(size='B'):
       mask_ratio_max_i2t=0.75,
       # 'truncated_gaussian' (the paper's, above) or 'cosine' (MaskGIT: the ratios decoding
       # meets, down to one masked token; the T2I encoder pass then drops nothing). T2I only:
-      # the T2I loss and the cycles' T2I reconstructions (itit/losses.py t2i_image_mask).
+      # the T2I loss and the cycles' T2I reconstructions (itit/losses/common.py t2i_image_mask).
       t2i_mask_schedule='truncated_gaussian',
       # Loss switches: the paper's table 2 rows are presets of these.
       t2i=True,
@@ -122,11 +123,10 @@ def paper_config(size='B'):
       # `table2_row` sets these for the paper's other rows.
       unpaired_text_loss='t2i2t',  # 'none' | 't2t' | 't2i2t_half' | 't2i2t'
       unpaired_image_loss='i2t2i',  # 'none' | 'i2i' | 'i2t2i_half' | 'i2t2i'
-      # Each loss's weight in the sum (1.0 everywhere = the paper's equal weights), by the loss
-      # name train.make_loss_fns registers ('i2t' covers I2T + paired I2I; 'unpaired_i2i' is
-      # I2I on unpaired images).
-      weights=ml_collections.ConfigDict(dict(
-          t2i=1.0, i2t=1.0, i2i=1.0, t2t=1.0, unpaired_i2i=1.0, t2i2t=1.0, i2t2i=1.0)),
+      # Each loss's weight in the sum, by its name in itit/losses/registry.py (1.0 everywhere =
+      # the paper's equal weights; 'i2t' covers I2T + paired I2I; 'unpaired_i2i' is I2I on
+      # unpaired images).
+      weights=ml_collections.ConfigDict(dict(DEFAULT_WEIGHTS)),
   ))
   # Pseudo-pair synthesis inside the cycle losses (paper section 3.2, appendix B).
   config.cycle = ml_collections.ConfigDict(dict(
@@ -169,9 +169,9 @@ def paper_config(size='B'):
   config.checkpoint_every = 5000
   config.keep_checkpoints = 3
   config.eval_every = 10_000
-  # Evaluators run every eval_every steps and at the end (itit/evaluators: every setting and
+  # Evaluators run every eval_every steps and at the end (itit/evaluation: every setting and
   # its default); eval.shapes turns on the shapes world's generation metrics.
-  config.eval = evaluators.default_config()
+  config.eval = evaluation.default_config()
   config.max_steps_per_run = 0  # > 0: stop (with a checkpoint) after this many steps per run
   config.eval_batches = 0  # test batches evaluated at the end; 0 = the whole test split
   return config

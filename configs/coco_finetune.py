@@ -19,7 +19,7 @@ import importlib
 
 from configs import base
 from configs import common
-from itit import evaluators
+from itit import evaluation
 
 MODEL_CONFIGS = ('vit_b', 'vit_l', 'vit_h', 'shapes', 'tiny')
 
@@ -40,7 +40,7 @@ def get_config(arg=None):
   config.checkpoint_every = 2000
   config.eval_every = 2000
   config.eval_batches = 10
-  config.eval = evaluators.merged_config(config.eval, dict(
+  config.eval = evaluation.merged_config(config.eval, dict(
       evaluators='coco_captions', shapes=False,
       # Without dataset_coco.json the test shards' own texts serve as references.
       coco=dict(shards='test', split='test', beam_size=4, batch_size=64)))

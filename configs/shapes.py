@@ -40,7 +40,7 @@ def get_config(arg=None):
   config.loss.mask_ratio_max_i2t = 0.5
   config.batch.update(dict(paired=64, paired_split=False, unpaired_image=64, unpaired_text=64))
   # Pseudo images have 64 tokens: 8 decoding steps (8 tokens a step on average) instead of the
-  # paper's 24 for 256 tokens (scripts/bench_cycle.py measures the cost).
+  # paper's 24 for 256 tokens (benchmarks/bench_cycle.py measures the cost).
   config.cycle.synthesis_steps = 8
   _cpu_schedule(config)
   base.get_itit_config(config, arg, 'configs/shapes.py', {'quick': _quick})

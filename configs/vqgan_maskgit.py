@@ -56,7 +56,8 @@ def get_config(arg=None):
   config.loss = ml_collections.ConfigDict(dict(
       l1_weight=0.0,
       l2_weight=1.0,
-      # Perceptual loss: needs a feature net .npz (see itit/vqgan_losses.py::load_feature_net).
+      # Perceptual loss: needs a feature net .npz (itit/vqgan_training/losses.py,
+      # load_feature_net).
       perceptual_weight=0.0,
       perceptual_weights='',
       # PatchGAN hinge loss; the discriminator trains from adversarial_start, and the generator's
@@ -72,7 +73,7 @@ def get_config(arg=None):
   # times since the last restart are re-seeded with encoder outputs of the current batch. They
   # stop after restart_until * total_steps so the decoder learns the last re-seeded codes.
   # ema_decay = 0: MaskGIT's codebook loss learns the codebook; > 0: EMA k-means updates
-  # (faster on a small budget; see itit/vqgan_losses.py). restart_sampling: which encoder
+  # (faster on a small budget; see itit/vqgan_training/losses.py). restart_sampling: which encoder
   # outputs seed dead codes, 'uniform' or 'error' (k-means++-like, away from well-coded patches).
   config.codebook = ml_collections.ConfigDict(dict(
       ema_decay=0.0,

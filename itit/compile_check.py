@@ -29,14 +29,18 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from itit import checkpointing
-from itit import optimizer as optimizer_lib
-from itit import partitioning
-from itit import train  # defines --config
-from itit import train_data
+from itit import errors
+from itit.losses import registry
 from itit.models import itit as itit_model
 from itit.models import t5_loader
+from itit.trainer import checkpointing
+from itit.trainer import optimizer as optimizer_lib
+from itit.trainer import partitioning
+from itit.trainer import state as state_lib
+from itit.trainer import step as step_lib
+from itit.trainer import train_data
 
+_CONFIG = errors.config_flag('Training config file, e.g. configs/vit_h.py.')
 _DEVICES = flags.DEFINE_integer('devices', 8, 'Target device count (faked CPU devices).')
 _MESH = flags.DEFINE_string('mesh', None, 'data,fsdp,tensor sizes, e.g. 1,64,1 (-1 fills); '
                             "default: the config's mesh section.")
@@ -96,10 +100,11 @@ def check(config: ml_collections.ConfigDict, mesh, *, compile_step: bool = True,
                        f'{data_parallel} (mesh data x fsdp); set --config.batch.{stream}')
   rules = partitioning.logical_rules(config)
   model = itit_model.ITIT(config.model)
-  loss_fns = train.make_loss_fns(config, model)
+  loss_fns = registry.make_loss_fns(config, model)
   streams = sorted({stream for stream, _ in loss_fns.values()})
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
-  abstract_state, state_shardings, frozen_shardings = train.state_layout(config, tx, mesh, rules)
+  abstract_state, state_shardings, frozen_shardings = state_lib.state_layout(config, tx, mesh,
+                                                                            rules)
   state = checkpointing.abstract_with_shardings(abstract_state, state_shardings)
   batch = abstract_batch(config, streams, NamedSharding(mesh, P(('data', 'fsdp'))))
   frozen = abstract_frozen(config, frozen_shardings, frozen_dtype)
@@ -118,7 +123,7 @@ def check(config: ml_collections.ConfigDict, mesh, *, compile_step: bool = True,
       unsharded_params=partitioning.replicated_leaves(
           abstract_state.params, state_shardings.params, min_size=4096) if num_devices > 1 else [])
   if compile_step:
-    step_fn = train.jit_train_step(config, loss_fns, tx, schedule, state_shardings)
+    step_fn = step_lib.jit_train_step(config, loss_fns, tx, schedule, state_shardings)
     start = time.perf_counter()
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       lowered = step_fn.lower(state, batch, frozen)
@@ -167,7 +172,7 @@ def format_report(report: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = flags.FLAGS.config
+  config = _CONFIG.value
   if config is None:
     raise app.UsageError('--config is required, e.g. --config=configs/vit_b.py')
   config = config.copy_and_resolve_references()

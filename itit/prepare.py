@@ -11,7 +11,6 @@ its last complete shard.
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -23,12 +22,12 @@ from absl import flags
 import ml_collections
 import numpy as np
 
-from itit import errors
 from itit.data import shapes
 from itit.data import shards
+from itit.data import source_registry
 from itit.data import sources
-from itit.data import webdataset
 from itit.data.text_tokenizer import TextTokenizer
+from itit import errors
 from itit.models import vqgan
 
 _CONFIG = errors.config_flag('Prepare config file.')
@@ -38,47 +37,15 @@ _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Folder of the token shards (one
 KINDS = ('paired', 'image', 'text')
 
 
-def _paths(pattern: str) -> list[str]:
-  found = sorted(glob.glob(pattern))
-  if not found:
-    raise sources.SourceError(f'no file matches {pattern!r}: check the path in the prepare config')
-  return found
-
-
 def stream_records(stream_config, *, image_size: int, min_image_size: int,
                    skips: sources.SkipCounter, shapes_splits=None) -> Iterator[sources.Record]:
   """The records of one stream, per its `source`; image-less or text-less as its `kind` says."""
-  kind, source = stream_config.kind, stream_config.source
+  kind = stream_config.kind
   if kind not in KINDS:
     raise ValueError(f'stream kind must be one of {KINDS}, got {kind!r}')
-  if source == 'shapes':
-    scenes = shapes_splits[stream_config.split]
-    seed = stream_config.get('seed', 0)
-    for index, (image, text) in enumerate(shapes.examples(scenes, seed, image_size)):
-      yield sources.Record(f'{stream_config.split}/{index}', image, text)
-    return
-  if source == 'coco':
-    records = sources.coco_captions(stream_config.annotations, stream_config.images,
-                                    size=image_size, min_size=min_image_size, skips=skips)
-  elif source == 'karpathy':
-    records = sources.karpathy_coco(stream_config.annotations, stream_config.images,
-                                    split=stream_config.split, size=image_size,
-                                    min_size=min_image_size, skips=skips)
-  elif source == 'webdataset':
-    records = webdataset.webdataset(_paths(stream_config.tars), size=image_size,
-                                    min_size=min_image_size, skips=skips,
-                                    with_text=kind != 'image')
-  elif source == 'image_folder':
-    records = sources.image_folder(stream_config.images,
-                                   captions=stream_config.get('captions') or None,
-                                   size=image_size, min_size=min_image_size, skips=skips)
-  elif source == 'text_files':
-    if kind != 'text':
-      raise ValueError(f"source 'text_files' can only feed a text stream, not {kind!r}")
-    records = sources.text_files(_paths(stream_config.texts), skips=skips)
-  else:
-    raise ValueError(f'unknown source {source!r}: use shapes, coco, karpathy, webdataset, '
-                     'image_folder or text_files')
+  read = source_registry.reader(stream_config.source)
+  records = read(stream_config, image_size=image_size, min_image_size=min_image_size, skips=skips,
+                 shapes_splits=shapes_splits)
   for record in records:
     if kind == 'image':
       yield sources.Record(record.key, record.image, None)
@@ -114,7 +81,7 @@ def _text_tokenizer(config, out_dir: str) -> tuple[TextTokenizer, str]:
   if config.text_corpus == 'shapes':
     texts = shapes.caption_corpus(seed=config.get('shapes_seed', 0))
   else:
-    texts = [r.text for r in sources.text_files(_paths(config.text_corpus),
+    texts = [r.text for r in sources.text_files(source_registry.glob_paths(config.text_corpus),
                                                 skips=sources.SkipCounter())]
   print(f'Training a {config.text_vocab_size}-piece SentencePiece model on {len(texts)} texts.')
   return TextTokenizer.train(texts, model_path, config.text_vocab_size), model_path

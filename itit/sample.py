@@ -18,14 +18,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from itit import errors
-from itit import checkpointing
-from itit import generate
-from itit import shapes_eval
-from itit import visualize
 from itit.data import images as images_lib
+from itit.decoding import generate
+from itit import errors
+from itit.evaluation import common as evaluation_common
+from itit.evaluation import visualize
 from itit.models import itit as itit_model
 from itit.models import vqgan
+from itit.trainer import checkpointing
 
 _WORKDIR = errors.string_flag('workdir', 'A training workdir (config.json + checkpoints/).')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default the latest.')
@@ -50,7 +50,8 @@ class Sampler:
     self.model = itit_model.ITIT(self.config.model)
     self.params, self.step = checkpointing.load_params(workdir, step)
     shard_dir = os.path.join(self.config.data.dir, self.config.data.test)
-    self.text_tokenizer, (vq_params, self.vq_config) = shapes_eval.stream_tokenizers(shard_dir)
+    self.text_tokenizer, (vq_params, self.vq_config) = evaluation_common.stream_tokenizers(
+        shard_dir)
     self.tokenize_images = vqgan.tokenizer_fn(vq_params, self.vq_config, 16)
     self.detokenize = vqgan.detokenizer_fn(vq_params, self.vq_config, 16)
     self.image_kwargs = image_kwargs or {}

@@ -24,12 +24,14 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from configs import tiny
-from itit import checkpointing
-from itit import distributed
-from itit import optimizer as optimizer_lib
-from itit import partitioning
-from itit import train
+from itit.losses import registry
 from itit.models import itit as itit_model
+from itit.trainer import checkpointing
+from itit.trainer import distributed
+from itit.trainer import optimizer as optimizer_lib
+from itit.trainer import partitioning
+from itit.trainer import state as state_lib
+from itit.trainer import step as step_lib
 
 STEPS = 3
 ROW = 14  # table 2 row 14: T2I, I2T + I2I, and both full cycles
@@ -90,18 +92,18 @@ def mesh_of(shape, devices=None):
 
 def setup(config, mesh):
   rules = partitioning.logical_rules(config)
-  loss_fns = train.make_loss_fns(config, itit_model.ITIT(config.model))
+  loss_fns = registry.make_loss_fns(config, itit_model.ITIT(config.model))
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
-  abstract, shardings, _ = train.state_layout(config, tx, mesh, rules)
+  abstract, shardings, _ = state_lib.state_layout(config, tx, mesh, rules)
   return rules, loss_fns, tx, schedule, abstract, shardings
 
 
 def run(config, mesh):
   """STEPS steps from the seed's initial state -> (final state, [loss per step], shardings)."""
   rules, loss_fns, tx, schedule, _, shardings = setup(config, mesh)
-  state = jax.jit(functools.partial(train.init_train_state, config, tx),
-                  out_shardings=shardings)(train.seed_key_data(config))
-  step_fn = train.jit_train_step(config, loss_fns, tx, schedule, shardings)
+  state = jax.jit(functools.partial(state_lib.init_train_state, config, tx),
+                  out_shardings=shardings)(state_lib.seed_key_data(config))
+  step_fn = step_lib.jit_train_step(config, loss_fns, tx, schedule, shardings)
   streams = sorted({stream for stream, _ in loss_fns.values()})
   rows = BATCH // jax.process_count()
   own = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
@@ -141,8 +143,8 @@ def fsdp_layout(config) -> dict:
   """Per-device bytes of a freshly initialised (1,8,1) state, from the arrays' own shards."""
   mesh = mesh_of((1, 8, 1))
   _, _, tx, _, _, shardings = setup(config, mesh)
-  state = jax.jit(functools.partial(train.init_train_state, config, tx),
-                  out_shardings=shardings)(train.seed_key_data(config))
+  state = jax.jit(functools.partial(state_lib.init_train_state, config, tx),
+                  out_shardings=shardings)(state_lib.seed_key_data(config))
   device = jax.devices()[0]
 
   def bytes_on_device(tree):

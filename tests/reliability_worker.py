@@ -16,10 +16,10 @@ import signal
 
 from absl import app
 
-from itit import checkpointing
 from itit import errors
 from itit import train
-from itit import train_data
+from itit.trainer import checkpointing
+from itit.trainer import train_data
 
 
 def _sigterm_at_batch(batch_number: int) -> None:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
-from itit.metrics import cider
+from itit.evaluation.metrics import cider
 
 needs_java = pytest.mark.skipif(not cider.java_available(),
                                 reason='no `java` on the PATH: Stanford PTBTokenizer and METEOR '

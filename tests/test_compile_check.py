@@ -9,7 +9,8 @@ import pytest
 
 from configs import vit_b
 from itit import compile_check
-from itit import partitioning
+from itit.trainer import partitioning
+import conftest  # pylint: disable=g-bad-import-order
 
 
 def test_parse_mesh():
@@ -52,13 +53,13 @@ def test_batch_must_divide_by_the_data_parallel_size():
 def test_compiles_row14_for_eight_devices(tmp_path):
   """The command line, compiling the tiny config's full step for a (2,2,2) mesh (minutes)."""
   report_path = os.path.join(tmp_path, 'report.json')
-  env = dict(os.environ, XLA_FLAGS='--xla_backend_optimization_level=0', JAX_PLATFORMS='cpu')
+  env = conftest.repo_env(XLA_FLAGS='--xla_backend_optimization_level=0', JAX_PLATFORMS='cpu')
   batch = [f'--config.batch.{s}=8' for s in ('paired', 'unpaired_image', 'unpaired_text')]
   result = subprocess.run(
       [sys.executable, '-m', 'itit.compile_check', '--config=configs/tiny.py', '--devices=8',
        '--mesh=2,2,2', f'--json={report_path}', *batch],
       env=env, capture_output=True, text=True, timeout=1200,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+      cwd=conftest.REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(report_path) as f:
     report = json.load(f)

@@ -12,8 +12,7 @@ from ml_collections import config_flags
 import pytest
 
 from configs import base
-from itit import cycle_losses
-from itit import train
+from itit.losses import registry
 from itit.models import itit as itit_model
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
@@ -62,7 +61,7 @@ ITIT_FILES = [name for name in CONFIG_FILES if _is_itit_training_config(_default
 
 def _losses(config):
   """{loss name: stream} of the train step this config builds."""
-  fns = train.make_loss_fns(config, itit_model.ITIT(config.model))
+  fns = registry.make_loss_fns(config, itit_model.ITIT(config.model))
   return {name: stream for name, (stream, _) in fns.items()}
 
 
@@ -80,24 +79,24 @@ def test_an_unknown_preset_is_refused_with_the_valid_ones(name):
 @pytest.mark.parametrize('name', ITIT_FILES)
 def test_the_default_is_the_papers_itit_row_14(name):
   config = _module(name).get_config()
-  assert cycle_losses.table2_row_of(config) == 14
+  assert registry.table2_row_of(config) == 14
   assert _losses(config) == EXPECTED_LOSSES[14]
   assert (config.loss.unpaired_text_loss, config.loss.unpaired_image_loss) == ('t2i2t', 'i2t2i')
   assert config.loss.i2i
 
 
-@pytest.mark.parametrize('row', sorted(cycle_losses.TABLE2_ROWS))
+@pytest.mark.parametrize('row', sorted(registry.TABLE2_ROWS))
 @pytest.mark.parametrize('name', ITIT_FILES)
 def test_every_table2_preset_gives_that_rows_losses_and_streams(name, row):
   config = _module(name).get_config(f'row{row}')
-  t2i, i2t, text_loss, image_loss = cycle_losses.TABLE2_ROWS[row]
+  t2i, i2t, text_loss, image_loss = registry.TABLE2_ROWS[row]
   assert (config.loss.t2i, config.loss.i2t, config.loss.i2i) == (t2i, i2t, t2i)
   assert (config.loss.unpaired_text_loss, config.loss.unpaired_image_loss) == (text_loss,
                                                                                image_loss)
   if row in HALF_ROWS:
     assert (text_loss, image_loss) == HALF_ROWS[row]
   assert _losses(config) == EXPECTED_LOSSES[row]
-  assert cycle_losses.table2_row_of(config) == row
+  assert registry.table2_row_of(config) == row
   own_data = config.data.unpaired_image == config.data.unpaired_text == config.data.paired
   assert own_data == (row == 13)
 

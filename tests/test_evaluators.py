@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from itit import evaluate
-from itit import evaluators
 from itit.data import shards
 from itit.data.sources import Record
 from itit.data.text_tokenizer import TextTokenizer
-from itit.evaluators import coco_captions
-from itit.evaluators import coco_fid
-from itit.evaluators import common
-from itit.metrics import fid
+from itit import evaluation
+from itit.evaluation import coco_captions
+from itit.evaluation import coco_fid
+from itit.evaluation import common
+from itit.evaluation.metrics import fid
+from itit.evaluation import report
 
 
 def _reference_fid(features, mu_ref, sigma_ref):
@@ -126,28 +126,28 @@ def test_shard_records_of_one_image_are_grouped(tmp_path):
 
 def test_settings_merge_in_order_and_check_types():
   run_block = {'shapes': True, 'num_examples': 64, 'coco': {'beam_size': 2}}
-  config = evaluators.merged_config(run_block, {'coco': {'split': 'val'}, 'guidance_scale': 1})
+  config = evaluation.merged_config(run_block, {'coco': {'split': 'val'}, 'guidance_scale': 1})
   assert (config.num_examples, config.coco.beam_size, config.coco.split) == (64, 2, 'val')
   assert config.guidance_scale == 1.0 and config.coco_fid.num_pairs == 30000
   # The T2I sampler's distribution settings default to MaskGIT's plain sampling.
   assert (config.sample_temperature, config.top_k, config.train_matched_drop) == (1.0, 0, False)
-  sampler = evaluators.merged_config(None, {'top_k': 3, 'train_matched_drop': True})
+  sampler = evaluation.merged_config(None, {'top_k': 3, 'train_matched_drop': True})
   assert (sampler.top_k, sampler.train_matched_drop) == (3, True)
-  assert evaluators.training_names(config) == ['shapes']
-  assert evaluators.training_names(evaluators.merged_config({'evaluators': 'cycle, shapes'})) == [
+  assert evaluation.training_names(config) == ['shapes']
+  assert evaluation.training_names(evaluation.merged_config({'evaluators': 'cycle, shapes'})) == [
       'cycle', 'shapes']
-  assert evaluators.training_names(evaluators.default_config()) == []
+  assert evaluation.training_names(evaluation.default_config()) == []
   with pytest.raises(ValueError, match=r'eval.coco.beam_size=.four.: expected a int'):
-    evaluators.merged_config({'coco': {'beam_size': 'four'}})
+    evaluation.merged_config({'coco': {'beam_size': 'four'}})
   with pytest.raises(ValueError, match=r"unknown evaluator\(s\) \['fid'\]: choose from"):
-    evaluators.parse_names('shapes,fid')
+    evaluation.parse_names('shapes,fid')
 
 
 def test_results_are_merged_per_step_and_tabled(tmp_path):
   out = str(tmp_path / 'eval')
-  evaluate.write_results(out, 'RUN', 7, {'coco/CIDEr': 0.5, 'coco/num_images': 5000.0},
+  report.write_results(out, 'RUN', 7, {'coco/CIDEr': 0.5, 'coco/num_images': 5000.0},
                          ['note a'], {'seed': 0})
-  json_path, md_path = evaluate.write_results(out, 'RUN', 7, {'coco_fid/fid': 12.25},
+  json_path, md_path = report.write_results(out, 'RUN', 7, {'coco_fid/fid': 12.25},
                                               ['note b'], {'seed': 0})
   with open(json_path) as f:
     written = json.load(f)

@@ -9,8 +9,8 @@ import scipy.linalg
 from PIL import Image
 
 from itit.data.images import center_crop_resize
-from itit.metrics import fid
-from itit.metrics import inception
+from itit.evaluation.metrics import fid
+from itit.evaluation.metrics import inception
 
 
 def pytorch_fid_frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):

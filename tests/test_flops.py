@@ -1,4 +1,4 @@
-"""itit.flops against hand-computed values and against XLA's own count (`cost_analysis`).
+"""itit.models.flops against hand-computed values and against XLA's own count (`cost_analysis`).
 
 XLA counts every floating-point op (norms, softmax, GELU, the Adafactor-free loss arithmetic),
 the analytic count only matmuls, so the analytic count is LOWER: by 6-11% on the tiny config
@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import pytest
 
 from configs import tiny
-from itit import flops
-from itit import generate
-from itit import train
+from itit.decoding import generate
+from itit.losses import registry
+from itit.models import flops
 from itit.models import itit as itit_model
 from itit.models.itit import ITIT
 
@@ -64,9 +64,9 @@ def test_mfu():
 
 
 @pytest.fixture(scope='module')
-def tiny_model():
+def tiny_model(tiny_params):
   config = tiny.get_config()
-  return (config,) + setup(config)
+  return config, ITIT(config.model), tiny_params
 
 
 def test_parts_match_xla_on_tiny(tiny_model):
@@ -113,14 +113,14 @@ def test_paired_train_losses_are_three_forwards(wide_model):
   m = config.model
   batch = {'image_tokens': jnp.zeros((4, m.image_grid ** 2), jnp.int32),
            'text_ids': jnp.ones((4, m.max_text_len), jnp.int32)}
-  loss_fns = train.make_loss_fns(config, model)
+  loss_fns = registry.make_loss_fns(config, model)
   cosine = config.copy_and_resolve_references()
   cosine.loss.t2i_mask_schedule = 'cosine'  # the T2I encoder pass drops nothing
   for name, cfg in (('t2i', config), ('i2t', config), ('t2i', cosine)):
-    fn = train.make_loss_fns(cfg, model)[name][1] if cfg is cosine else loss_fns[name][1]
+    fn = registry.make_loss_fns(cfg, model)[name][1] if cfg is cosine else loss_fns[name][1]
     grad_fn = jax.value_and_grad(lambda p, fn=fn: fn(p, batch, jax.random.PRNGKey(0))[0])
     measured = xla_flops(grad_fn, params)
-    analytic = flops.loss_flops(cfg, name)
+    analytic = registry.loss_flops(cfg, name)
     assert analytic['synthesis'] == 0
     assert 0.9 * measured < analytic['train'] <= measured, (name, measured, analytic)
 
@@ -157,25 +157,25 @@ def test_cosine_t2i_schedule_counts_the_undropped_encoder():
                           ('t2i2t', config.batch.unpaired_text, 1)):
     # T2I2T's first encoder pass is forward only: the cycle stops its gradient.
     assert config.cycle.stop_first_encoder_grad
-    difference = (flops.loss_flops(cosine, name)['train']
-                  - flops.loss_flops(config, name)['train'])
+    difference = (registry.loss_flops(cosine, name)['train']
+                  - registry.loss_flops(config, name)['train'])
     assert difference == pytest.approx(extra(b) * passes / 3), name
-  assert flops.loss_flops(cosine, 'i2t') == flops.loss_flops(config, 'i2t')
+  assert registry.loss_flops(cosine, 'i2t') == registry.loss_flops(config, 'i2t')
 
 
 def test_cycle_step_counts_synthesis_per_step():
   config = tiny.get_config('row14')
   m, c = config.model, config.cycle
   b, length = config.batch.unpaired_text, m.max_text_len
-  t2i2t = flops.loss_flops(config, 't2i2t')
+  t2i2t = registry.loss_flops(config, 't2i2t')
   assert t2i2t['synthesis'] == flops.image_sampler(m, b, length, c.synthesis_steps, True)
   more_steps = config.copy_and_resolve_references()
   more_steps.cycle.synthesis_steps = 2 * c.synthesis_steps
   step_cost = (flops.encoder(m, 2 * b, m.image_grid ** 2, length)
                + flops.image_decoder(m, 2 * b))
-  assert (flops.loss_flops(more_steps, 't2i2t')['synthesis'] - t2i2t['synthesis']
+  assert (registry.loss_flops(more_steps, 't2i2t')['synthesis'] - t2i2t['synthesis']
           == pytest.approx(c.synthesis_steps * step_cost))
-  step = flops.train_step_flops(config, ['t2i', 'i2t', 't2i2t', 'i2t2i'])
+  step = registry.train_step_flops(config, ['t2i', 'i2t', 't2i2t', 'i2t2i'])
   assert step['total'] == pytest.approx(sum(step[k] for k in ('t2i', 'i2t', 't2i2t', 'i2t2i')))
   # Captioning with a cache costs far less than rerunning the decoder at every step.
   assert (flops.captioner(m, 4, length, cached=False)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from itit import generate
-from itit import mask_schedule
+from itit.decoding import generate
+from itit.decoding import mask_schedule
 from itit.models import itit as itit_model
 
 

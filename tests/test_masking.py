@@ -1,10 +1,10 @@
-"""Tests for itit.masking: ratio distribution, mask counts, dropping choices."""
+"""Tests for itit.models.masking: ratio distribution, mask counts, dropping choices."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from itit import masking
+from itit.models import masking
 
 
 def test_mask_ratio_bounds_and_mode():

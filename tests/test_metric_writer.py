@@ -6,7 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from itit import metric_writer
+from itit.trainer import metric_writer
 
 
 def test_progress_rate_and_eta(monkeypatch):

@@ -13,6 +13,8 @@ import numpy as np
 import portpicker
 import pytest
 
+import conftest  # pylint: disable=g-bad-import-order
+
 WORKER = os.path.join(os.path.dirname(__file__), 'multihost_worker.py')
 TIMEOUT_S = 1200
 # The comparisons need the same program on every layout, not a fast one: cheap CPU compiles.
@@ -21,7 +23,7 @@ TOLERANCE = 1e-5
 
 
 def _env():
-  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE, JAX_PLATFORMS='cpu')
+  env = conftest.repo_env(XLA_FLAGS=FAST_COMPILE, JAX_PLATFORMS='cpu')
   env.pop('JAX_COORDINATOR_ADDRESS', None)
   return env
 

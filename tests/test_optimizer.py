@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from configs import base
-from itit import optimizer
+from itit.trainer import optimizer
 
 
 def test_weight_decay_is_scaled_by_the_learning_rate():

@@ -11,11 +11,11 @@ from jax.sharding import PartitionSpec as P
 from configs import tiny
 from configs import vit_b
 from configs import vit_h
-from itit import distributed
-from itit import optimizer as optimizer_lib
-from itit import partitioning
-from itit import train
 from itit.models import itit as itit_model
+from itit.trainer import distributed
+from itit.trainer import optimizer as optimizer_lib
+from itit.trainer import partitioning
+from itit.trainer import state as state_lib
 
 
 def _param_layout(config, mesh_sizes):
@@ -84,7 +84,7 @@ def test_optimizer_state_follows_the_parameters():
   config.model.text_encoder.kind = 'learned'
   mesh = partitioning.abstract_mesh(dict(data=1, fsdp=8, tensor=1), 8)
   tx, _ = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
-  abstract, shardings, frozen = train.state_layout(config, tx, mesh,
+  abstract, shardings, frozen = state_lib.state_layout(config, tx, mesh,
                                                    partitioning.logical_rules(config))
   assert frozen is None
   param_specs = {jax.tree_util.keystr(p): (x.shape, s.spec) for (p, x), s in zip(

@@ -7,8 +7,7 @@ import pytest
 
 from itit.data import pipeline
 from itit.data import shards
-from itit.data.sources import Record
-from index_tokenizer import IndexTextTokenizer  # pylint: disable=g-bad-import-order
+import conftest  # pylint: disable=g-bad-import-order
 
 NUM_RECORDS = 120
 MAX_TEXT_LEN = 6
@@ -17,14 +16,7 @@ MAX_TEXT_LEN = 6
 @pytest.fixture(scope='module')
 def source(tmp_path_factory):
   out_dir = tmp_path_factory.mktemp('shards')
-  examples = (Record(str(i), np.full((2, 2, 3), i, np.uint8), str(i))
-              for i in range(NUM_RECORDS))
-  shards.write_shards(
-      out_dir, examples,
-      image_tokenizer=lambda images: images[..., 0].reshape(len(images), -1).astype(np.int64) * 3,
-      text_tokenizer=IndexTextTokenizer(), max_text_len=MAX_TEXT_LEN,
-      identities={'image_tokenizer': {'kind': 'fake', 'sha256': 'f' * 64}}, config={},
-      records_per_shard=25)
+  conftest.write_index_shards(out_dir, NUM_RECORDS, MAX_TEXT_LEN, token_scale=3)
   return shards.open_shards(out_dir)
 
 

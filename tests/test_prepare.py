@@ -2,31 +2,20 @@
 import json
 import os
 
-import jax
 import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
 
 from configs import prepare_shapes
-from configs import vqgan_shapes
-from itit import prepare
 from itit.data import shards
 from itit.models import vqgan
+from itit import prepare
 
 
-@pytest.fixture(scope='module')
-def tokenizer_dir(tmp_path_factory):
-  """An untrained but real VQGAN checkpoint in the layout itit.train_tokenizer writes."""
-  directory = str(tmp_path_factory.mktemp('vqgan'))
-  config = vqgan_shapes.get_config()
-  vqgan.save_tokenizer(directory, vqgan.init_params(config, jax.random.PRNGKey(0)), config)
-  return directory
-
-
-def test_shapes_world_all_splits(tokenizer_dir, tmp_path):
+def test_shapes_world_all_splits(shapes_vqgan_dir, tmp_path):
   config = prepare_shapes.get_config('0.1')
-  config.image_tokenizer = tokenizer_dir
+  config.image_tokenizer = shapes_vqgan_dir
   config.shapes.num_train = 200
   config.shapes.num_test = 30
   config.records_per_shard = 64
@@ -34,7 +23,7 @@ def test_shapes_world_all_splits(tokenizer_dir, tmp_path):
   summary = prepare.prepare(config, out)
   assert {k: v['records'] for k, v in summary.items()} == {
       'paired': 20, 'unpaired_image': 90, 'unpaired_text': 90, 'test': 30, 'heldout_test': 30}
-  _, vq_config = vqgan.load_tokenizer(tokenizer_dir)
+  _, vq_config = vqgan.load_tokenizer(shapes_vqgan_dir)
   paired = shards.open_shards(os.path.join(out, 'paired'))
   ids = paired.manifest['identities']
   assert ids['image_tokenizer']['sha256'] == vq_config.sha256
@@ -49,7 +38,7 @@ def test_shapes_world_all_splits(tokenizer_dir, tmp_path):
   from itit.data import shapes
   splits = shapes.make_splits(0, paired_fraction=0.1, num_train=200, num_test=30)
   image, _ = shapes.example(splits['paired'][0], 0, 0)
-  params, _ = vqgan.load_tokenizer(tokenizer_dir)
+  params, _ = vqgan.load_tokenizer(shapes_vqgan_dir)
   expected = vqgan.tokenizer_fn(params, vq_config, 8)(image[None])[0]
   np.testing.assert_array_equal(record['image_tokens'], expected)
 
@@ -76,10 +65,10 @@ def _folder_fixture(root):
   (root / 'texts.txt').write_text('first text\n\nsecond text\n')
 
 
-def test_generic_sources_with_bad_inputs(tokenizer_dir, tmp_path):
+def test_generic_sources_with_bad_inputs(shapes_vqgan_dir, tmp_path):
   _folder_fixture(tmp_path)
   config = ml_collections.ConfigDict(dict(
-      image_tokenizer=tokenizer_dir, text_tokenizer='', text_corpus=str(tmp_path / '*.txt'),
+      image_tokenizer=shapes_vqgan_dir, text_tokenizer='', text_corpus=str(tmp_path / '*.txt'),
       text_vocab_size=40, max_text_len=16, image_size=32, min_image_size=16, records_per_shard=10, batch_size=4,
       shapes=dict(seed=0, paired_fraction=0.0, num_train=0, num_test=0),
       streams={

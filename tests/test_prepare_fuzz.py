@@ -16,11 +16,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from itit import prepare
 from itit.data import shapes
 from itit.data import shards
 from itit.data.text_tokenizer import TextTokenizer
 from itit.models import vqgan
+from itit import prepare
 
 SIZE, GRID, CODES = 32, 4, 32
 rng = np.random.default_rng(0)

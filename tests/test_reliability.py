@@ -20,29 +20,19 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
-from itit import config_check
-from itit import errors
-from itit import train
-from itit import train_data
-from itit.data import shapes
 from itit.data import shards
-from itit.data.sources import Record
-from itit.data.text_tokenizer import TextTokenizer
+from itit import errors
+from itit.trainer import config_check
+from itit.trainer import loop
+from itit.trainer import state as state_lib
+from itit.trainer import train_data
+import conftest  # pylint: disable=g-bad-import-order
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GRID, CODES = 4, 32
 # The run every test shares: T2I only (the cheapest compile), metrics every step, a checkpoint
 # every 2 steps, all kept.
 OVERRIDES = {'total_steps': 6, 'log_every': 1, 'checkpoint_every': 2, 'keep_checkpoints': 10,
              'optimizer.warmup_steps': 2, 'optimizer.lr': 0.001, 'eval_every': 0,
              'loss.i2t': False, 'loss.i2i': False}
-
-
-def pooled_tokens(images):
-  """A stand-in image tokenizer: 8x8-pixel block means quantized to CODES values."""
-  blocks = np.asarray(images, np.float32).reshape(-1, GRID, 8, GRID, 8, 3).mean(axis=(2, 4))
-  value = (blocks[..., 0] // 64) * 16 + (blocks[..., 1] // 64) * 4 + blocks[..., 2] // 64
-  return (value.reshape(len(images), GRID * GRID) % CODES).astype(np.int32)
 
 
 @pytest.fixture(scope='module')
@@ -63,19 +53,9 @@ def compile_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp('shards')
-  tokenizer = TextTokenizer.train(shapes.caption_corpus(num_scenes=300), root / 'spiece.model',
-                                  vocab_size=60)
-  splits = shapes.make_splits(0, paired_fraction=1.0, num_train=64, num_test=0)
-  identity = {'kind': 'pooled', 'sha256': 'pooled-v1', 'codebook_size': CODES, 'grid_size': GRID}
-  records = [Record(f'paired/{i}', image, text)
-             for i, (image, text) in enumerate(shapes.examples(splits['paired'], seed=0))]
-  shards.write_shards(root / 'paired', records, image_tokenizer=pooled_tokens,
-                      text_tokenizer=tokenizer, max_text_len=8,
-                      identities={'image_tokenizer': identity}, config={'split': 'paired'},
-                      records_per_shard=32)
-  return str(root)
+def data_dir(shapes_spiece, tmp_path_factory):
+  return conftest.write_pooled_shards(tmp_path_factory.mktemp('shards'), shapes_spiece(60),
+                                      ('paired',), num_test=0, sha256='pooled-v1')
 
 
 def overrides(data_dir, **changes):
@@ -83,14 +63,7 @@ def overrides(data_dir, **changes):
 
 
 def make_config(data_dir, **changes):
-  config = tiny.get_config('row3')
-  for key, value in overrides(data_dir, **changes).items():
-    *parents, leaf = key.split('.')
-    target = config
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
-  return config
+  return conftest.apply_overrides(tiny.get_config('row3'), overrides(data_dir, **changes))
 
 
 def cli(script, workdir, data_dir, env=None, **changes):
@@ -98,7 +71,7 @@ def cli(script, workdir, data_dir, env=None, **changes):
   command = [sys.executable] + (['-m', script] if not script.endswith('.py') else [script])
   command += ['--config=configs/tiny.py:row3', f'--workdir={workdir}']
   command += [f'--config.{k}={v}' for k, v in overrides(data_dir, **changes).items()]
-  return subprocess.run(command, cwd=REPO, env={**os.environ, **(env or {})},
+  return subprocess.run(command, cwd=conftest.REPO, env=conftest.repo_env(**(env or {})),
                         capture_output=True, text=True, timeout=600)
 
 
@@ -142,7 +115,7 @@ def one_error_line(result):
 def straight(compile_cache, data_dir, tmp_path_factory):
   """An uninterrupted run: the reference every interrupted run must match bitwise."""
   workdir = str(tmp_path_factory.mktemp('straight'))
-  train.train_and_evaluate(make_config(data_dir), workdir)
+  loop.train_and_evaluate(make_config(data_dir), workdir)
   return workdir
 
 
@@ -158,7 +131,7 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(straight, compile_cache, d
                    result.stdout), result.stdout
   assert sorted(losses(workdir)) == [1, 2, 3]
   assert checkpoint(workdir)[0] == 3  # step 3 is no checkpoint_every step: saved on SIGTERM
-  train.train_and_evaluate(make_config(data_dir), workdir)
+  loop.train_and_evaluate(make_config(data_dir), workdir)
   assert losses(workdir) == losses(straight)
   assert_same_params(checkpoint(workdir)[1], checkpoint(straight)[1])
 
@@ -194,7 +167,7 @@ def test_kill9_during_save_resumes_from_last_complete_checkpoint(straight, compi
   complete = manager.latest_step()
   manager.close()
   assert complete in (2, 4) and os.path.isdir(os.path.join(checkpoints, str(complete)))
-  train.train_and_evaluate(make_config(data_dir), workdir)
+  loop.train_and_evaluate(make_config(data_dir), workdir)
   assert losses(workdir) == losses(straight)
   assert_same_params(checkpoint(workdir)[1], checkpoint(straight)[1])
 
@@ -212,7 +185,7 @@ def _poison_batches(monkeypatch, batch_numbers):
     calls[0] += 1
     if calls[0] in batch_numbers:
       paired = batch['paired']
-      paired['image_tokens'] = np.full_like(paired['image_tokens'], 10 * CODES)
+      paired['image_tokens'] = np.full_like(paired['image_tokens'], 10 * conftest.CODES)
       paired['text_ids'] = np.full_like(paired['text_ids'], 1000)
     return batch
 
@@ -225,14 +198,14 @@ def test_nan_in_batch_halts_naming_the_step(straight, data_dir, tmp_path, monkey
   with pytest.raises(errors.TrainingDiverged,
                      match=r'at step 3 \(detected between steps 2 and 3\); no checkpoint was '
                            r'written after it.*nan_policy=skip'):
-    train.train_and_evaluate(make_config(data_dir), workdir)
+    loop.train_and_evaluate(make_config(data_dir), workdir)
   assert checkpoint(workdir)[0] == 2
 
 
 def test_nan_in_batch_is_skipped_and_counted(straight, data_dir, tmp_path, monkeypatch):
   _poison_batches(monkeypatch, {3, 5})
   workdir = str(tmp_path / 'skip')
-  train.train_and_evaluate(make_config(data_dir, nan_policy='skip', checkpoint_every=1), workdir)
+  loop.train_and_evaluate(make_config(data_dir, nan_policy='skip', checkpoint_every=1), workdir)
   lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   lines = [l for l in lines if 'loss' in l]
   assert [l['skipped_steps'] for l in lines] == [0, 0, 1, 1, 2, 2]
@@ -327,7 +300,7 @@ def test_resume_on_shards_of_another_tokenizer_is_refused(straight, compile_cach
   data = _copy_data(data_dir, tmp_path)
   _with_identity(data, 'text_tokenizer', 'f' * 64)
   with pytest.raises(errors.UserError, match=r"cannot resume .*stream 'paired' .*text_tokenizer"):
-    train.train_and_evaluate(make_config(data), workdir)
+    loop.train_and_evaluate(make_config(data), workdir)
   _with_identity(data, 'image_tokenizer', 'other-vqgan')
   line = one_error_line(cli('itit.train', workdir, data, env=compile_cache))
   assert re.match(r"error: cannot resume .*: stream 'paired' was trained on data whose "
@@ -397,11 +370,11 @@ def test_config_is_checked_before_any_data_or_compile(data_dir, tmp_path, monkey
     raise AssertionError('validation must come before the data, the model and any compile')
 
   monkeypatch.setattr(train_data, 'TrainData', reached)
-  monkeypatch.setattr(train, 'state_layout', reached)
+  monkeypatch.setattr(state_lib, 'state_layout', reached)
   with pytest.raises(errors.UserError, match='needs 2 devices'):
-    train.train_and_evaluate(make_config(data_dir, **{'mesh.data': 2}), str(tmp_path / 'run'))
+    loop.train_and_evaluate(make_config(data_dir, **{'mesh.data': 2}), str(tmp_path / 'run'))
   with pytest.raises(errors.UserError, match=r"unpaired_text_loss='t2x'; use one of"):
-    train.train_and_evaluate(make_config(data_dir, **{'loss.unpaired_text_loss': 't2x'}),
+    loop.train_and_evaluate(make_config(data_dir, **{'loss.unpaired_text_loss': 't2x'}),
                              str(tmp_path / 'run'))
 
 
@@ -423,8 +396,8 @@ _UNSAFE_LOADS = [
 
 def test_no_pickle_in_any_load_path():
   found = []
-  for folder in ('itit', 'scripts', 'configs'):
-    for path in glob.glob(os.path.join(REPO, folder, '**', '*.py'), recursive=True):
+  for folder in ('itit', 'configs', 'experiments', 'tools', 'benchmarks'):
+    for path in glob.glob(os.path.join(conftest.REPO, folder, '**', '*.py'), recursive=True):
       text = open(path).read()
       for pattern, what in _UNSAFE_LOADS:
         found += [f'{path}: {what}: {m.group(0)}' for m in pattern.finditer(text)]
@@ -441,7 +414,7 @@ def test_checkpoint_of_another_width_names_the_parameters(straight, data_dir, tm
   shutil.copytree(straight, workdir)
   config = make_config(data_dir, **{'model.width': 48})
   with pytest.raises(errors.UserError) as raised:
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
   message = str(raised.value)
   assert '\n' not in message
   assert re.search(r'the checkpoint at step 6 in .* does not fit this model config: \d+ '

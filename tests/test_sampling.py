@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from itit import mask_schedule
-from itit import sampling
+from itit.decoding import mask_schedule
+from itit.decoding import parallel
 
 BATCH = 3
 NUM_TOKENS = 16  # a 4x4 grid
@@ -48,7 +48,7 @@ def guided_only_logits_fn(tokens, unknown_mask):
 def _decoder(logits_fn=toy_logits_fn, **kwargs):
   kwargs = dict(dict(batch_size=BATCH, num_tokens=NUM_TOKENS, mask_token_id=MASK_ID,
                      num_steps=NUM_STEPS), **kwargs)
-  return jax.jit(functools.partial(sampling.parallel_decode, logits_fn=logits_fn, **kwargs))
+  return jax.jit(functools.partial(parallel.parallel_decode, logits_fn=logits_fn, **kwargs))
 
 
 @pytest.fixture(scope='module')
@@ -143,33 +143,33 @@ def test_top_k_one_is_argmax():
 
 def test_initial_tokens_shape_error():
   with pytest.raises(ValueError, match='initial_tokens has shape'):
-    sampling.parallel_decode(jax.random.key(0), toy_logits_fn, batch_size=BATCH,
+    parallel.parallel_decode(jax.random.key(0), toy_logits_fn, batch_size=BATCH,
                              num_tokens=NUM_TOKENS, mask_token_id=MASK_ID,
                              initial_tokens=jnp.zeros((BATCH, 5), jnp.int32))
 
 
 def test_filter_logits_top_k_and_top_p():
   logits = jnp.log(jnp.array([[0.5, 0.2, 0.25, 0.05]]))
-  kept = np.isfinite(np.asarray(sampling.filter_logits(logits, top_k=2)))
+  kept = np.isfinite(np.asarray(parallel.filter_logits(logits, top_k=2)))
   np.testing.assert_array_equal(kept, [[True, False, True, False]])
   # Mass before each sorted token: 0, 0.5, 0.75, 0.95.
-  kept = np.isfinite(np.asarray(sampling.filter_logits(logits, top_p=0.7)))
+  kept = np.isfinite(np.asarray(parallel.filter_logits(logits, top_p=0.7)))
   np.testing.assert_array_equal(kept, [[True, False, True, False]])
-  kept = np.isfinite(np.asarray(sampling.filter_logits(logits, top_p=0.76)))
+  kept = np.isfinite(np.asarray(parallel.filter_logits(logits, top_p=0.76)))
   np.testing.assert_array_equal(kept, [[True, True, True, False]])
-  kept = np.isfinite(np.asarray(sampling.filter_logits(logits, top_p=0.1)))
+  kept = np.isfinite(np.asarray(parallel.filter_logits(logits, top_p=0.1)))
   np.testing.assert_array_equal(kept, [[True, False, False, False]])
-  np.testing.assert_array_equal(sampling.filter_logits(logits), logits)
+  np.testing.assert_array_equal(parallel.filter_logits(logits), logits)
   # top-p runs on the renormalised top-k (masses before: 0, 0.53, 0.79), so 0.78 keeps two
   # tokens where it alone keeps three.
-  kept = np.isfinite(np.asarray(sampling.filter_logits(logits, top_p=0.78)))
+  kept = np.isfinite(np.asarray(parallel.filter_logits(logits, top_p=0.78)))
   np.testing.assert_array_equal(kept, [[True, True, True, False]])
-  both = sampling.filter_logits(logits, top_k=3, top_p=0.78)
+  both = parallel.filter_logits(logits, top_k=3, top_p=0.78)
   np.testing.assert_array_equal(np.isfinite(np.asarray(both)), [[True, False, True, False]])
   np.testing.assert_array_equal(both[0, ::2], logits[0, ::2])
 
 
 def test_guided_logits_values():
   cond, uncond = jnp.array([1.0, 2.0]), jnp.array([0.5, 3.0])
-  np.testing.assert_allclose(sampling.guided_logits(cond, uncond, 2.0), [2.0, 0.0])
-  np.testing.assert_array_equal(sampling.guided_logits(cond, None, 0), cond)
+  np.testing.assert_allclose(parallel.guided_logits(cond, uncond, 2.0), [2.0, 0.0])
+  np.testing.assert_array_equal(parallel.guided_logits(cond, None, 0), cond)

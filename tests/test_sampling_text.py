@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from itit import sampling_text
+from itit.decoding import autoregressive
 
 BOS, EOS, PAD = 0, 1, 0
 DIM = 8
@@ -106,7 +106,7 @@ def _normalised(log_prob, length, alpha):
 @functools.lru_cache(maxsize=None)
 def _greedy_fn(vocab_size, max_len, seed, eos_bias=0.0):
   params, context = make_model(vocab_size, max_len, seed, eos_bias=eos_bias)
-  decode = jax.jit(lambda cache: sampling_text.greedy_decode(
+  decode = jax.jit(lambda cache: autoregressive.greedy_decode(
       functools.partial(cached_step, params), cache, batch_size=BATCH, max_len=max_len,
       bos_id=BOS, eos_id=EOS, pad_id=PAD))
   return params, context, decode(init_cache(params, context, max_len))
@@ -114,7 +114,7 @@ def _greedy_fn(vocab_size, max_len, seed, eos_bias=0.0):
 
 def _beam(vocab_size, max_len, seed, beam_size, alpha, eos_bias=0.0):
   params, context = make_model(vocab_size, max_len, seed, eos_bias=eos_bias)
-  decode = jax.jit(lambda cache: sampling_text.beam_search(
+  decode = jax.jit(lambda cache: autoregressive.beam_search(
       functools.partial(cached_step, params), cache, batch_size=BATCH, beam_size=beam_size,
       max_len=max_len, length_penalty=alpha, bos_id=BOS, eos_id=EOS, pad_id=PAD))
   ids, scores = decode(init_cache(params, context, max_len))
@@ -136,7 +136,7 @@ def test_greedy_pads_after_eos_and_stops_early():
   def counting_step(cache, token, position):
     jax.debug.callback(lambda p: positions.append(int(p)), position)
     return cached_step(params, cache, token, position)
-  ids, _ = jax.jit(lambda cache: sampling_text.greedy_decode(
+  ids, _ = jax.jit(lambda cache: autoregressive.greedy_decode(
       counting_step, cache, batch_size=BATCH, max_len=8))(init_cache(params, context, 8))
   ids = np.asarray(ids)
   ends = [list(row).index(EOS) for row in ids]
@@ -203,7 +203,7 @@ def test_beam_search_stops_early():
   def counting_step(cache, token, position):
     jax.debug.callback(lambda p: positions.append(int(p)), position)
     return cached_step(params, cache, token, position)
-  ids, scores = jax.jit(lambda cache: sampling_text.beam_search(
+  ids, scores = jax.jit(lambda cache: autoregressive.beam_search(
       counting_step, cache, batch_size=BATCH, beam_size=2, max_len=8))(
           init_cache(params, context, 8))
   assert len(positions) < 8
@@ -213,14 +213,14 @@ def test_beam_search_stops_early():
 
 def test_cache_helpers():
   tree = dict(kv=jnp.arange(6).reshape(2, 3), index=jnp.array(4))
-  expanded = sampling_text.expand_to_beams(tree, batch_size=2, beam_size=2)
+  expanded = autoregressive.expand_to_beams(tree, batch_size=2, beam_size=2)
   np.testing.assert_array_equal(expanded['kv'], [[0, 1, 2], [0, 1, 2], [3, 4, 5], [3, 4, 5]])
   assert int(expanded['index']) == 4
-  picked = sampling_text.gather_beams(dict(kv=jnp.arange(4)), jnp.array([[1, 1], [0, 1]]),
+  picked = autoregressive.gather_beams(dict(kv=jnp.arange(4)), jnp.array([[1, 1], [0, 1]]),
                                       batch_size=2, beam_size=2)
   np.testing.assert_array_equal(picked['kv'], [1, 1, 2, 3])
   with pytest.raises(ValueError, match='batch axis'):
-    sampling_text.expand_to_beams(dict(kv=jnp.zeros((3, 2))), batch_size=2, beam_size=2)
+    autoregressive.expand_to_beams(dict(kv=jnp.zeros((3, 2))), batch_size=2, beam_size=2)
   with pytest.raises(ValueError, match='length_penalty'):
-    sampling_text.beam_search(lambda c, t, p: (None, c), {}, batch_size=1, max_len=2,
+    autoregressive.beam_search(lambda c, t, p: (None, c), {}, batch_size=1, max_len=2,
                               length_penalty=-1.0)

@@ -9,8 +9,9 @@ from PIL import Image, ImageFilter
 from scipy import ndimage
 
 from itit.data import shapes
-from itit.data import shapes_parse
 from itit.data.shapes import Obj, Scene
+from itit.data import shapes_parse
+from itit.evaluation.scenes import MISSING, attribute_confusion, match_objects, scene_metrics
 
 
 def _scenes(n, seed):
@@ -129,24 +130,24 @@ def test_every_layout_fits_at_many_image_sizes(image_size):
 
 
 def test_parse_image_is_exact_on_2000_renders(scenes_2000, renders_2000):
-  parsed = shapes.parse_images(renders_2000)
-  assert shapes.scene_metrics(parsed, scenes_2000)['exact'] == 1.0
-  assert all(shapes.parse_image(i) == s for i, s in zip(renders_2000[:50], scenes_2000))
+  parsed = shapes_parse.parse_images(renders_2000)
+  assert scene_metrics(parsed, scenes_2000)['exact'] == 1.0
+  assert all(shapes_parse.parse_image(i) == s for i, s in zip(renders_2000[:50], scenes_2000))
 
 
 @pytest.mark.parametrize('radius', [0.5, 0.7])
 def test_parse_image_survives_blur_and_jpeg(scenes_2000, renders_2000, radius):
   degraded = np.stack([_blur_jpeg(image, radius) for image in renders_2000])
-  metrics = shapes.scene_metrics(shapes.parse_images(degraded), scenes_2000)
+  metrics = scene_metrics(shapes_parse.parse_images(degraded), scenes_2000)
   assert metrics['exact'] >= 0.99, metrics
 
 
 def test_parse_image_at_64x64_clean_and_degraded():
   scenes = _scenes(500, seed=4)
   images = _renders(scenes, 64, seed=5)
-  assert shapes.scene_metrics(shapes.parse_images(images), scenes)['exact'] == 1.0
+  assert scene_metrics(shapes_parse.parse_images(images), scenes)['exact'] == 1.0
   degraded = np.stack([_blur_jpeg(image, 0.7) for image in images])
-  assert shapes.scene_metrics(shapes.parse_images(degraded), scenes)['exact'] >= 0.99
+  assert scene_metrics(shapes_parse.parse_images(degraded), scenes)['exact'] >= 0.99
 
 
 @pytest.mark.parametrize('distortion', ['dim', 'noise', 'down_up'])
@@ -162,15 +163,16 @@ def test_parse_image_degrades_gracefully(distortion):
   else:
     images = np.stack([np.asarray(Image.fromarray(i).resize((16, 16), Image.BILINEAR).resize(
         (32, 32), Image.BILINEAR)) for i in images])
-  assert shapes.scene_metrics(shapes.parse_images(images), scenes)['exact'] >= 0.95
+  assert scene_metrics(shapes_parse.parse_images(images), scenes)['exact'] >= 0.95
 
 
 def test_parse_image_reads_floats_and_odd_sizes():
   scene = _scenes(1, seed=6)[0]
   image = shapes.render(scene, 48)
-  assert shapes.parse_image(image.astype(np.float32) / 255) == scene
-  assert shapes.parse_image(image.astype(np.float64)) == scene  # floats above 1.5: 0..255
-  assert shapes.parse_image(np.concatenate([image, np.full_like(image[..., :1], 255)], -1)) == scene
+  assert shapes_parse.parse_image(image.astype(np.float32) / 255) == scene
+  assert shapes_parse.parse_image(image.astype(np.float64)) == scene  # floats above 1.5: 0..255
+  rgba = np.concatenate([image, np.full_like(image[..., :1], 255)], -1)
+  assert shapes_parse.parse_image(rgba) == scene
 
 
 @pytest.mark.parametrize('pixels', [
@@ -181,13 +183,13 @@ def test_parse_image_reads_floats_and_odd_sizes():
     np.zeros((8, 8, 3), np.complex64), 'not an image', None, [[1, 2], [3]],
 ])
 def test_parse_image_never_raises(pixels):
-  scene = shapes.parse_image(pixels)
+  scene = shapes_parse.parse_image(pixels)
   assert isinstance(scene, Scene) and len(scene.objects) <= 4
 
 
 def test_parse_image_empty_image_has_no_objects():
-  assert shapes.parse_image(np.full((32, 32, 3), shapes.BACKGROUND, np.uint8)) == Scene(())
-  assert shapes.parse_images(np.zeros((3, 0, 4, 3))) == [Scene(())] * 3
+  assert shapes_parse.parse_image(np.full((32, 32, 3), shapes.BACKGROUND, np.uint8)) == Scene(())
+  assert shapes_parse.parse_images(np.zeros((3, 0, 4, 3))) == [Scene(())] * 3
 
 
 # Captions.
@@ -211,7 +213,7 @@ def test_parse_caption_inverts_every_template_and_paraphrase():
     captions = shapes.all_captions(scene)
     assert len(captions) >= 20 and len(set(captions)) == len(captions)
     for text in captions:
-      assert shapes.parse_caption(text) == scene, text
+      assert shapes_parse.parse_caption(text) == scene, text
       assert len(text.split()) <= 24, text
       assert seen.setdefault(text, scene) == scene  # no caption describes two scenes
 
@@ -230,8 +232,8 @@ def test_two_object_captions_name_the_relation_both_ways():
 
 def test_parse_caption_forgives_case_and_period_only():
   scene = Scene((Obj('red', 'circle', 'large', 'top left'),))
-  assert shapes.parse_caption('  A Large RED circle at the   top left. ') == scene
-  assert shapes.parse_caption('a large red circle at the top left!') is None
+  assert shapes_parse.parse_caption('  A Large RED circle at the   top left. ') == scene
+  assert shapes_parse.parse_caption('a large red circle at the top left!') is None
 
 
 @pytest.mark.parametrize('text', [
@@ -247,7 +249,7 @@ def test_parse_caption_forgives_case_and_period_only():
     'there is there is a large red circle at the top left', 42, None,
 ])
 def test_parse_caption_rejects_what_is_not_a_caption(text):
-  assert shapes.parse_caption(text) is None
+  assert shapes_parse.parse_caption(text) is None
 
 
 def test_caption_is_seeded_and_all_captions_rejects_invalid_scenes():
@@ -263,7 +265,7 @@ def test_caption_corpus_covers_the_vocabulary():
   corpus = shapes.caption_corpus()
   assert corpus == shapes.caption_corpus()
   assert {w for line in corpus for w in line.split()} == set(shapes.VOCABULARY)
-  assert all(shapes.parse_caption(line) is not None for line in corpus[:500])
+  assert all(shapes_parse.parse_caption(line) is not None for line in corpus[:500])
 
 
 def test_examples_are_deterministic_and_parse_back():
@@ -274,7 +276,7 @@ def test_examples_are_deterministic_and_parse_back():
   assert all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(first, again))
   assert any(a[1] != b[1] or not np.array_equal(a[0], b[0]) for a, b in zip(first, other))
   for scene, (image, text) in zip(scenes, first):
-    assert shapes.parse_caption(text) == scene and shapes.parse_image(image) == scene
+    assert shapes_parse.parse_caption(text) == scene and shapes_parse.parse_image(image) == scene
   image, text = shapes.example(scenes[7], seed=3, index=7)
   assert np.array_equal(image, first[7][0]) and text == first[7][1]
 
@@ -302,7 +304,7 @@ def _hand_made_example():
 
 def test_scene_metrics_on_a_hand_made_example():
   predicted, targets = _hand_made_example()
-  metrics = shapes.scene_metrics(predicted, targets)
+  metrics = scene_metrics(predicted, targets)
   # 8 target objects; right per attribute: red, blue + green (shape wrong), -, -, green, red.
   assert metrics['color'] == pytest.approx(5 / 8)
   assert metrics['shape'] == pytest.approx(4 / 8)
@@ -312,45 +314,44 @@ def test_scene_metrics_on_a_hand_made_example():
   assert metrics['count'] == pytest.approx(2 / 6)
   assert metrics['exact'] == pytest.approx(1 / 6)
   with pytest.raises(ValueError, match='predictions'):
-    shapes.scene_metrics([None], targets)
+    scene_metrics([None], targets)
 
 
 def test_attribute_confusion_on_the_hand_made_example():
   predicted, targets = _hand_made_example()
-  counts = shapes_parse.attribute_confusion(predicted, targets, 'shape', by='size')
-  missing = shapes_parse.MISSING
+  counts = attribute_confusion(predicted, targets, 'shape', by='size')
   nonzero = {size: {(t, p): n for t, row in table.items() for p, n in row.items() if n}
              for size, table in counts.items()}
   # Small: the red circle right twice and unparsed once; the green triangle drawn as a cross
   # once and right once. Large: the blue square right once and missed once; the cross missed.
   assert nonzero == {
-      'small': {('circle', 'circle'): 2, ('circle', missing): 1, ('triangle', 'cross'): 1,
+      'small': {('circle', 'circle'): 2, ('circle', MISSING): 1, ('triangle', 'cross'): 1,
                 ('triangle', 'triangle'): 1},
-      'large': {('square', 'square'): 1, ('square', missing): 1, ('cross', missing): 1}}
+      'large': {('square', 'square'): 1, ('square', MISSING): 1, ('cross', MISSING): 1}}
   assert list(counts) == list(shapes.SIZES)
   assert list(counts['small']) == list(shapes.SHAPES)
-  assert list(counts['small']['cross']) == list(shapes.SHAPES) + [missing]
+  assert list(counts['small']['cross']) == list(shapes.SHAPES) + [MISSING]
   # Without `by`: the diagonal is scene_metrics' accuracy, and every target object is counted.
   for attribute in shapes.ATTRIBUTES:
-    table = shapes_parse.attribute_confusion(predicted, targets, attribute)
+    table = attribute_confusion(predicted, targets, attribute)
     assert sum(sum(row.values()) for row in table.values()) == 8
     right = sum(row[value] for value, row in table.items())
-    assert right / 8 == pytest.approx(shapes.scene_metrics(predicted, targets)[attribute])
+    assert right / 8 == pytest.approx(scene_metrics(predicted, targets)[attribute])
   with pytest.raises(ValueError, match='two different'):
-    shapes_parse.attribute_confusion(predicted, targets, 'shape', by='shape')
+    attribute_confusion(predicted, targets, 'shape', by='shape')
   with pytest.raises(ValueError, match='two different'):
-    shapes_parse.attribute_confusion(predicted, targets, 'relation')
+    attribute_confusion(predicted, targets, 'relation')
   with pytest.raises(ValueError, match='predictions'):
-    shapes_parse.attribute_confusion(predicted[:2], targets, 'shape')
+    attribute_confusion(predicted[:2], targets, 'shape')
 
 
 def test_match_objects_pairs_by_agreement():
   a, b = Obj('red', 'circle', 'small', 'left'), Obj('blue', 'square', 'large', 'right')
   guess = Scene((Obj('blue', 'square', 'large', 'left'), Obj('red', 'circle', 'small', 'right')))
   # Each predicted object agrees with one target on 3 attributes, the other on 1.
-  matched = shapes_parse.match_objects(guess, Scene((a, b)))
+  matched = match_objects(guess, Scene((a, b)))
   assert matched == (Obj('blue', 'square', 'large', 'left'), Obj('red', 'circle', 'small', 'right'))
-  assert shapes_parse.match_objects(Scene(()), Scene((a,))) == (None,)
+  assert match_objects(Scene(()), Scene((a,))) == (None,)
 
 
 # Splits.

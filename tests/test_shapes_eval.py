@@ -1,18 +1,18 @@
-"""Teacher-forced captioning scores against every caption of a scene (itit.shapes_eval)."""
+"""Teacher-forced captioning scores against every caption of a scene (itit.evaluation.shapes)."""
 import collections
 
 import numpy as np
 import pytest
 
-from itit import shapes_eval
 from itit.data import shapes
+from itit.data import shapes_parse
 from itit.data.text_tokenizer import TextTokenizer
+from itit.evaluation import shapes as shapes_evaluation
 
 
 @pytest.fixture(scope='module')
-def tokenizer(tmp_path_factory):
-  path = tmp_path_factory.mktemp('sp') / 'sp.model'
-  return TextTokenizer.train(shapes.caption_corpus(num_scenes=300), path, vocab_size=128)
+def tokenizer(shapes_spiece):
+  return TextTokenizer.load(shapes_spiece(128))
 
 
 def _scene():
@@ -22,7 +22,7 @@ def _scene():
 def test_continuations_count_every_caption_of_the_scene(tokenizer):
   scene = _scene()
   captions = shapes.all_captions(scene)
-  table = shapes_eval.scene_continuations(scene, tokenizer, 32)
+  table = shapes_evaluation.scene_continuations(scene, tokenizer, 32)
   # The empty prefix is followed by each caption's first token once per caption.
   assert sum(table[()].values()) == len(captions)
   first_tokens = collections.Counter(int(ids[0]) for ids in tokenizer.encode(captions, 32))
@@ -35,11 +35,11 @@ def test_continuations_count_every_caption_of_the_scene(tokenizer):
 
 def test_scores_against_hand_computed_values(tokenizer):
   scene = _scene()
-  table = shapes_eval.scene_continuations(scene, tokenizer, 32)
+  table = shapes_evaluation.scene_continuations(scene, tokenizer, 32)
   target = tokenizer.encode([shapes.all_captions(scene)[0]], 32)
   length = int(np.sum(target != 0))
   # Exactly the target: plain and valid accuracy 1.
-  scores = shapes_eval.teacher_forced_scores(target, target, [table])
+  scores = shapes_evaluation.teacher_forced_scores(target, target, [table])
   assert scores['tf_token_accuracy'] == 1.0 and scores['tf_valid_accuracy'] == 1.0
   # The ceiling: the mean over positions of (most frequent continuation / all continuations).
   expected = np.mean([max(table[tuple(target[0, :p])].values())
@@ -51,33 +51,33 @@ def test_scores_against_hand_computed_values(tokenizer):
   other_first = next(t for t in table[()] if t != target[0, 0])
   predicted = target.copy()
   predicted[0, 0] = other_first
-  scores = shapes_eval.teacher_forced_scores(predicted, target, [table])
+  scores = shapes_evaluation.teacher_forced_scores(predicted, target, [table])
   assert scores['tf_token_accuracy'] == pytest.approx((length - 1) / length)
   assert scores['tf_valid_accuracy'] == 1.0
   invalid = next(t for t in range(2, tokenizer.vocab_size) if t not in table[()])
   predicted[0, 0] = invalid
-  scores = shapes_eval.teacher_forced_scores(predicted, target, [table])
+  scores = shapes_evaluation.teacher_forced_scores(predicted, target, [table])
   assert scores['tf_valid_accuracy'] == pytest.approx((length - 1) / length)
 
 
 def test_reference_captions_are_fixed_distinct_captions_of_the_scene():
   scenes = shapes.make_splits(0, num_train=20, num_test=6)['test']
   for scene in scenes:
-    references = shapes_eval.reference_captions(scene)
-    assert references == shapes_eval.reference_captions(scene)  # deterministic
+    references = shapes_evaluation.reference_captions(scene)
+    assert references == shapes_evaluation.reference_captions(scene)  # deterministic
     assert len(set(references)) == min(5, len(shapes.all_captions(scene)))
-    assert all(shapes.parse_caption(r) == scene for r in references)
-  one_caption_world = shapes_eval.reference_captions(scenes[0], count=1)
+    assert all(shapes_parse.parse_caption(r) == scene for r in references)
+  one_caption_world = shapes_evaluation.reference_captions(scenes[0], count=1)
   assert one_caption_world == [shapes.all_captions(scenes[0])[0]]
 
 
 def test_caption_cider_rewards_captions_of_the_right_scene():
   scenes = shapes.make_splits(0, num_train=20, num_test=6)['test']
-  exact = [shapes_eval.reference_captions(s)[0] for s in scenes]
+  exact = [shapes_evaluation.reference_captions(s)[0] for s in scenes]
   # Another caption of the same scene (not a reference) still shares most n-grams.
   paraphrases = [shapes.all_captions(s)[1] for s in scenes]
   shuffled = exact[1:] + exact[:1]  # each caption describes another scene
-  scores = {name: shapes_eval.caption_cider(captions, scenes) for name, captions in
+  scores = {name: shapes_evaluation.caption_cider(captions, scenes) for name, captions in
             dict(exact=exact, paraphrases=paraphrases, shuffled=shuffled,
                  empty=[''] * len(scenes)).items()}
   assert scores['exact'] > scores['paraphrases'] > scores['shuffled'] > scores['empty'] == 0.0

@@ -12,8 +12,8 @@ from PIL import Image
 import pytest
 
 from itit.data import sources
-from itit.data import webdataset
 from itit.data.sources import BadInput
+from itit.data import webdataset
 
 SIZE = 16  # output side in these tests: small keeps them fast
 MIN = 8  # smallest accepted short side in these tests

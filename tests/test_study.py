@@ -1,4 +1,4 @@
-"""scripts/study.py and itit/study.py: the plan, its commands, resuming and the report.
+"""experiments.shapes_study: the plan, its commands, resuming and the report.
 
 Nothing is trained: a fake runner plays the CLIs, writing what they would write.
 """
@@ -10,16 +10,15 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from itit import flops
-from itit import study
-from itit import train
+from experiments.shapes_study import cli
+from experiments.shapes_study import commands
+from experiments.shapes_study import design
+from experiments.shapes_study import plan
+from experiments.shapes_study import report
+from experiments.shapes_study import tables
+from itit.losses import registry
 from itit.models import itit as itit_model
-from script_loader import load_script  # pylint: disable=g-bad-import-order
-
-
-@pytest.fixture(scope='module')
-def script():
-  return load_script('study', 'study_script')
+from itit.trainer import metric_writer
 
 
 def flag(command, name):
@@ -59,66 +58,66 @@ def quiet(*args, **kwargs):
   del args, kwargs
 
 
-def default_counts(script):
-  return study.data_counts(script.BUDGETS['default'])
+def default_counts():
+  return design.data_counts(plan.BUDGETS['default'])
 
 
-def test_plan_has_the_issue_cells(script):
-  cells = {c.name: c for c in study.make_cells(script.CELLS)}
+def test_plan_has_the_issue_cells():
+  cells = {c.name: c for c in design.make_cells(plan.CELLS)}
   table = {name: cells[name].row for name in ('row3', 'row7', 'row10', 'row11', 'row12', 'row14')}
   assert table == dict(row3=3, row7=7, row10=10, row11=11, row12=12, row14=14)
   assert cells['all_paired'].as_pairs and cells['all_paired'].extra == 1.0
   assert all(cells[n].seeds >= 3 for n in list(table) + ['all_paired', 'row14_warmup'])
   assert cells['row14_warmup'].row == 14
-  assert cells['row14_warmup'].overrides == study.SCALING_RECIPE == (('cycle.start_step', 400),)
+  assert cells['row14_warmup'].overrides == design.SCALING_RECIPE == (('cycle.start_step', 400),)
   # The scaling curve's ITIT cells share one recipe and match the as-pairs cells point for point.
   itit_points = sorted(c.extra for c in cells.values() if c.row == 14 and not c.as_pairs
-                       and c.overrides == study.SCALING_RECIPE and c.paired_fraction is None)
+                       and c.overrides == design.SCALING_RECIPE and c.paired_fraction is None)
   pair_points = sorted(c.extra for c in cells.values() if c.as_pairs)
   assert itit_points == pair_points == [0.1, 0.3, 1.0]
   assert [n for n, c in cells.items() if c.row == 14 and not c.overrides
           and c.paired_fraction is None] == ['row14']
   assert all(c.seeds >= 2 for c in cells.values())
   assert [c.name for c in cells.values() if c.paired_fraction] == ['row14_p10', 'row14_p30']
-  runs = study.plan_runs(list(cells.values()))
+  runs = design.plan_runs(list(cells.values()))
   assert len(runs) == 8 * 3 + 6 * 2 and runs[0].name == 'row3-seed1'
   # Seed by seed: all 14 cells' seed 1, then seed 2, then seed 3 of the 8 three-seed cells.
   assert [r.seed for r in runs] == [1] * 14 + [2] * 14 + [3] * 8
   assert runs[1].name == 'row7-seed1' and runs[-1].name == 'all_paired-seed3'
-  quick = study.plan_runs(list(cells.values()), script.QUICK_CELLS, 1)
+  quick = design.plan_runs(list(cells.values()), plan.QUICK_CELLS, 1)
   assert [r.name for r in quick] == ['row3-seed1', 'row14-seed1', 'all_paired-seed1']
   with pytest.raises(ValueError, match=r"unknown cell\(s\) \['row99'\]"):
-    study.plan_runs(list(cells.values()), ['row99'])
+    design.plan_runs(list(cells.values()), ['row99'])
 
 
-def test_data_limits_and_extra_scenes(script):
-  counts = default_counts(script)
+def test_data_limits_and_extra_scenes():
+  counts = default_counts()
   assert counts == dict(num_train=20000, paired=400, rest=19600, unpaired_image=9800,
                         unpaired_text=9800)
-  cells = {c.name: c for c in study.make_cells(script.CELLS)}
-  assert study.max_records(cells['itit_u10'], counts) == {'unpaired_image': 980,
-                                                          'unpaired_text': 980}
-  assert study.max_records(cells['pairs_p30'], counts) == {'paired': 400 + 5880}
-  assert study.max_records(cells['row14'], counts) == {}
-  assert study.max_records(cells['all_paired'], counts) == {}
-  extra = {n: study.extra_scenes(cells[n], counts) for n in
+  cells = {c.name: c for c in design.make_cells(plan.CELLS)}
+  assert design.max_records(cells['itit_u10'], counts) == {'unpaired_image': 980,
+                                                           'unpaired_text': 980}
+  assert design.max_records(cells['pairs_p30'], counts) == {'paired': 400 + 5880}
+  assert design.max_records(cells['row14'], counts) == {}
+  assert design.max_records(cells['all_paired'], counts) == {}
+  extra = {n: design.extra_scenes(cells[n], counts) for n in
            ('row3', 'itit_u10', 'pairs_p10', 'row14', 'all_paired')}
   assert extra == dict(row3=0, itit_u10=1960, pairs_p10=1960, row14=19600, all_paired=19600)
   assert {c.dataset for c in cells.values() if c.as_pairs} == {'pairs'}
   assert cells['row3'].dataset == cells['row14'].dataset == 'mixed'
 
 
-def test_paired_fraction_sweep_cells_hold_the_pairs_of_their_row3_twins(script):
-  budget = script.BUDGETS['default']
-  cells = {c.name: c for c in study.make_cells(script.CELLS)}
+def test_paired_fraction_sweep_cells_hold_the_pairs_of_their_row3_twins():
+  budget = plan.BUDGETS['default']
+  cells = {c.name: c for c in design.make_cells(plan.CELLS)}
   for sweep, twin in (('row14_p10', 'pairs_p10'), ('row14_p30', 'pairs_p30')):
-    counts = study.cell_counts(cells[sweep], budget)
-    twin_pairs = study.max_records(cells[twin], study.cell_counts(cells[twin], budget))['paired']
+    counts = design.cell_counts(cells[sweep], budget)
+    twin_pairs = design.max_records(cells[twin], design.cell_counts(cells[twin], budget))['paired']
     assert counts['paired'] == twin_pairs == {'row14_p10': 2360, 'row14_p30': 6280}[sweep]
     assert counts['unpaired_image'] + counts['unpaired_text'] == 20000 - twin_pairs
-    assert study.max_records(cells[sweep], counts) == {}
-    assert study.extra_scenes(cells[sweep], counts) == 20000 - twin_pairs
-  assert study.datasets(cells.values(), budget) == {
+    assert design.max_records(cells[sweep], counts) == {}
+    assert design.extra_scenes(cells[sweep], counts) == 20000 - twin_pairs
+  assert design.datasets(cells.values(), budget) == {
       'mixed': 0.02, 'pairs': 1.0, 'mixed_p0.118': 0.118, 'mixed_p0.314': 0.314}
   # make_splits pairs a prefix of one shuffled order, so the sweep's pairs ARE the twin's.
   from itit.data import shapes  # pylint: disable=g-import-not-at-top
@@ -126,24 +125,24 @@ def test_paired_fraction_sweep_cells_hold_the_pairs_of_their_row3_twins(script):
   everything = shapes.make_splits(0, paired_fraction=1.0, num_train=2000, num_test=50)
   assert small['paired'] == everything['paired'][:236]
   with pytest.raises(ValueError, match='paired_fraction None or in'):
-    study.make_cells([('bad', 14, 1.0, False, 1, 'x', (), 1.5)])
+    design.make_cells([('bad', 14, 1.0, False, 1, 'x', (), 1.5)])
   with pytest.raises(ValueError, match='an as-pairs cell reads the all-pairs data'):
-    study.make_cells([('bad', 3, 0.1, True, 1, 'x', (), 0.1)])
+    design.make_cells([('bad', 3, 0.1, True, 1, 'x', (), 0.1)])
 
 
-def test_estimate_counts_warmup_steps_without_the_cycles(script, tmp_path):
-  budget = script.BUDGETS['default']
-  paths = study.Paths(str(tmp_path), str(tmp_path / 'work'), str(tmp_path / 'vq'))
-  cells = {c.name: c for c in study.make_cells(script.CELLS)}
-  counts = study.cell_counts(cells['row14'], budget)
-  seconds = {name: study.estimated_seconds(study.Run(cells[name], 1), paths, budget, counts)
+def test_estimate_counts_warmup_steps_without_the_cycles(tmp_path):
+  budget = plan.BUDGETS['default']
+  paths = commands.Paths(str(tmp_path), str(tmp_path / 'work'), str(tmp_path / 'vq'))
+  cells = {c.name: c for c in design.make_cells(plan.CELLS)}
+  counts = design.cell_counts(cells['row14'], budget)
+  seconds = {name: commands.estimated_seconds(design.Run(cells[name], 1), paths, budget, counts)
              for name in ('row14', 'row14_warmup')}
-  config = study.train_config(study.Run(cells['row14'], 1), paths, budget, counts)
-  names = sorted(train.make_loss_fns(config, itit_model.ITIT(config.model)))
-  assert set(train.CYCLE_LOSSES) <= set(names)
-  full = flops.train_step_flops(config, names)['total']
-  uncycled = flops.train_step_flops(
-      config, [n for n in names if n not in train.CYCLE_LOSSES])['total']
+  config = commands.train_config(design.Run(cells['row14'], 1), paths, budget, counts)
+  names = sorted(registry.make_loss_fns(config, itit_model.ITIT(config.model)))
+  assert set(registry.CYCLE_LOSSES) <= set(names)
+  full = registry.train_step_flops(config, names)['total']
+  uncycled = registry.train_step_flops(
+      config, [n for n in names if n not in registry.CYCLE_LOSSES])['total']
   assert 0 < uncycled < full
   rate = budget['estimate']['gflops_per_s'] * 1e9
   overhead = budget['estimate']['overhead_s']
@@ -152,25 +151,25 @@ def test_estimate_counts_warmup_steps_without_the_cycles(script, tmp_path):
 
 
 @pytest.mark.parametrize('mode', ['default', 'quick'])
-def test_every_budget_override_is_a_config_field(script, mode, tmp_path):
-  budget = script.BUDGETS[mode]
-  paths = study.Paths(str(tmp_path), str(tmp_path / 'work'), str(tmp_path / 'vq'))
-  for run in study.plan_runs(study.make_cells(script.CELLS), seeds=1):
-    counts = study.cell_counts(run.cell, budget)
-    config = study.train_config(run, paths, budget, counts)
+def test_every_budget_override_is_a_config_field(mode, tmp_path):
+  budget = plan.BUDGETS[mode]
+  paths = commands.Paths(str(tmp_path), str(tmp_path / 'work'), str(tmp_path / 'vq'))
+  for run in design.plan_runs(design.make_cells(plan.CELLS), seeds=1):
+    counts = design.cell_counts(run.cell, budget)
+    config = commands.train_config(run, paths, budget, counts)
     assert config.total_steps == budget['train']['total_steps']
-    assert study.estimated_seconds(run, paths, budget, counts) > budget['estimate']['overhead_s']
+    assert commands.estimated_seconds(run, paths, budget, counts) > budget['estimate']['overhead_s']
   from configs import vqgan_shapes  # pylint: disable=g-import-not-at-top
   arg = budget['vqgan_config'].partition(':')[2]
-  study.set_fields(vqgan_shapes.get_config(arg), budget['vqgan'], 'vqgan')
+  design.set_fields(vqgan_shapes.get_config(arg), budget['vqgan'], 'vqgan')
   with pytest.raises(ValueError, match='train: total_stepz=1 is not a valid field'):
-    study.set_fields(vqgan_shapes.get_config(), {'total_stepz': 1}, 'train')
+    design.set_fields(vqgan_shapes.get_config(), {'total_stepz': 1}, 'train')
 
 
-def test_dry_run_prints_the_exact_commands(script, tmp_path):
+def test_dry_run_prints_the_exact_commands(tmp_path):
   lines = []
   out = tmp_path / 'out'
-  assert script.main(['--out', str(out), '--dry_run'], log=lambda *a, **k: lines.append(a[0])) == 0
+  assert cli.main(['--out', str(out), '--dry_run'], log=lambda *a, **k: lines.append(a[0])) == 0
   text = '\n'.join(lines)
   assert re.search(r'Plan: 36 runs, ~\d+h\d\dm estimated', text)
   assert '-m itit.train_tokenizer --config=configs/vqgan_shapes.py ' in text
@@ -204,42 +203,42 @@ def test_config_changes_fill_new_fields_from_base_defaults():
   defaults = {'loss': {'t2i': True, 't2i_mask_schedule': 'truncated_gaussian'}}
   # A field added since the run started counts as base's default; a field with no default is
   # not compared; a removed field is a change.
-  assert study.config_changes(saved, now, defaults) == [
+  assert commands.config_changes(saved, now, defaults) == [
       "gone: 1 -> '(removed)'", "loss.t2i_mask_schedule: 'truncated_gaussian' -> 'cosine'"]
   now['loss']['t2i_mask_schedule'] = 'truncated_gaussian'
   now['gone'] = 1
-  assert study.config_changes(saved, now, defaults) == []
+  assert commands.config_changes(saved, now, defaults) == []
 
 
-def test_a_config_change_since_a_run_started_stops_the_study(script, tmp_path):
+def test_a_config_change_since_a_run_started_stops_the_study(tmp_path):
   out, vqgan = tmp_path / 'out', tmp_path / 'vqgan'
   vqgan.mkdir()
   args = ['--out', str(out), '--quick', '--vqgan', str(vqgan)]
-  budget = script.BUDGETS['quick']
-  paths = study.Paths(str(out), str(out / 'work'), str(vqgan))
-  run = study.Run({c.name: c for c in study.make_cells(script.CELLS)}['row14'], 1)
-  config = json.loads(study.train_config(run, paths, budget,
-                                         study.cell_counts(run.cell, budget)).to_json())
+  budget = plan.BUDGETS['quick']
+  paths = commands.Paths(str(out), str(out / 'work'), str(vqgan))
+  run = design.Run({c.name: c for c in design.make_cells(plan.CELLS)}['row14'], 1)
+  config = json.loads(commands.train_config(run, paths, budget,
+                                            design.cell_counts(run.cell, budget)).to_json())
   # Written before loss.t2i_mask_schedule existed: base's default is what the run did.
   del config['loss']['t2i_mask_schedule']
   workdir = out / 'work' / 'runs' / 'row14-seed1'
   workdir.mkdir(parents=True)
   (workdir / 'config.json').write_text(json.dumps(config))
   fake = FakeCLIs()
-  assert script.main(args, runner=fake, log=quiet) == 0
+  assert cli.main(args, runner=fake, log=quiet) == 0
   assert 'row14-seed1' in fake.trained()  # resumed (the fake trainer keeps config.json)
   # configs/shapes.py or a default changed since: the study stops before any command.
   config['model']['width'] += 8
   (workdir / 'config.json').write_text(json.dumps(config))
   messages, again = [], FakeCLIs()
-  assert script.main(args, runner=again, log=messages.append) == 1
+  assert cli.main(args, runner=again, log=messages.append) == 1
   assert again.commands == []
   width = config['model']['width']
   assert f'row14-seed1: model.width: {width} -> {width - 8}' in messages[-1]
   assert 'configs have changed since runs in' in messages[-1]
 
 
-def test_runs_resume_and_never_touch_finished_cells(script, tmp_path):
+def test_runs_resume_and_never_touch_finished_cells(tmp_path):
   out = tmp_path / 'out'
   vqgan = tmp_path / 'vqgan'
   vqgan.mkdir()
@@ -254,7 +253,7 @@ def test_runs_resume_and_never_touch_finished_cells(script, tmp_path):
   (out / 'work' / 'runs' / 'all_paired-seed1' / 'checkpoints').mkdir(parents=True)
   fake = FakeCLIs()
   args = ['--out', str(out), '--quick', '--vqgan', str(vqgan)]
-  assert script.main(args, runner=fake, log=quiet) == 0
+  assert cli.main(args, runner=fake, log=quiet) == 0
   assert fake.trained() == ['row14-seed1', 'all_paired-seed1']
   # The chains are drawn as soon as rows 3 and 14 are finished, before the runs after them.
   modules = [c[2] if c[1] == '-m' else os.path.basename(c[1]) for c in fake.commands]
@@ -271,7 +270,7 @@ def test_runs_resume_and_never_touch_finished_cells(script, tmp_path):
     assert (out / name).is_file(), name
 
   again = FakeCLIs()
-  assert script.main(args, runner=again, log=quiet) == 0
+  assert cli.main(args, runner=again, log=quiet) == 0
   invocations = json.loads((out / 'study.json').read_text())['invocations']
   assert len(invocations) == 2 and all(i.endswith(' '.join(args)) for i in invocations)
   text = (out / 'README.md').read_text()
@@ -282,7 +281,7 @@ def test_runs_resume_and_never_touch_finished_cells(script, tmp_path):
   # A run whose training finished (eval.json at total_steps) is not trained again.
   (out / 'cells' / 'row14-seed1.json').unlink()
   third = FakeCLIs()
-  assert script.main(args, runner=third, log=quiet) == 0
+  assert cli.main(args, runner=third, log=quiet) == 0
   assert third.commands == [] and (out / 'cells' / 'row14-seed1.json').is_file()
 
 
@@ -295,7 +294,7 @@ def write_cell(out, name, row, extra, as_pairs, seed, metrics, extra_scenes, pai
       extra_scenes=extra_scenes, paired_records=paired_records)))
 
 
-def test_report_table_and_scaling_plot(script, tmp_path):
+def test_report_table_and_scaling_plot(tmp_path):
   out = tmp_path / 'out'
   for seed, value in enumerate((0.5, 0.7), 1):
     write_cell(out, 'row3', 3, 0.0, False, seed, {'shapes/i2t_exact': value,
@@ -308,8 +307,8 @@ def test_report_table_and_scaling_plot(script, tmp_path):
   write_cell(out, 'row14_warmup', 14, 1.0, False, 1, {'shapes/i2t_exact': 0.99}, 19600)
   write_cell(out, 'pairs_p10', 3, 0.1, True, 1, {'shapes/i2t_exact': 0.55}, 1960, 2360)
   write_cell(out, 'row14_p10', 14, 1.0, False, 1, {'shapes/i2t_exact': 0.75}, 17640, 2360)
-  paths = study.Paths(str(out), str(out / 'work'), '')
-  readme = script.write_report(study.make_cells(script.CELLS), paths)
+  paths = commands.Paths(str(out), str(out / 'work'), '')
+  readme = report.write_report(design.make_cells(plan.CELLS), paths)
 
   table = (out / 'table2.md').read_text()
   # The cells' tables (the per-seed differences come later, with their own columns).
@@ -338,17 +337,17 @@ def test_report_table_and_scaling_plot(script, tmp_path):
   assert re.search(r'\| row14_warmup \| 1 \|', differences)
   assert 'itit_u10' not in differences and 'row14_p10' not in differences
 
-  cells = study.make_cells(script.CELLS)
-  results = study.load_results(str(out))
-  series = study.scaling_series(cells, results, 'shapes/i2t_exact')
-  assert list(series) == list(study.SCALING_SERIES)
+  cells = design.make_cells(plan.CELLS)
+  results = tables.load_results(str(out))
+  series = tables.scaling_series(cells, results, 'shapes/i2t_exact')
+  assert list(series) == list(tables.SCALING_SERIES)
   itit, pairs, from_step0 = series.values()
   # ITIT's curve is the warm-up recipe (itit_u10, row14_warmup); row 14 from step 0 and the
   # sweep's row14_p10 are not on it.
   assert [(x, round(m, 6)) for x, m, _ in itit] == [(0, 60.0), (1960, 60.0), (19600, 99.0)]
   assert [(x, round(m, 6)) for x, m, _ in pairs] == [(0, 60.0), (1960, 55.0)]
   assert [(x, round(m, 6)) for x, m, _ in from_step0] == [(19600, 90.0)]
-  row3_curve, row14_curve = study.sweep_series(cells, results, 'shapes/i2t_exact').values()
+  row3_curve, row14_curve = tables.sweep_series(cells, results, 'shapes/i2t_exact').values()
   assert [(x, round(m, 6)) for x, m, _ in row3_curve] == [(400, 60.0), (2360, 55.0)]
   assert [(x, round(m, 6)) for x, m, _ in row14_curve] == [(400, 90.0), (2360, 75.0)]
   assert (out / 'paired_sweep.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
@@ -359,16 +358,16 @@ def test_report_table_and_scaling_plot(script, tmp_path):
   assert '[table2.md](table2.md)' in text and '[scaling.png](scaling.png)' in text
   assert re.search(r'Machine: .*, \d+ CPUs; ', text) and '60.0 ± 14.1' in text
   assert ('Command (the whole plan; re-running it resumes): '
-          f'`python scripts/study.py --out {out}`') in text
+          f'`python -m experiments.shapes_study --out {out}`') in text
   assert 'Status: 9 of the plan\'s 36 runs are finished; re-running' in text
   assert '[paired_sweep.png](paired_sweep.png)' in text
   assert 'ANALYSIS.md' not in text
   (out / 'ANALYSIS.md').write_text('# by hand')
-  assert '[ANALYSIS.md](ANALYSIS.md)' in open(script.write_report(cells, paths)).read()
+  assert '[ANALYSIS.md](ANALYSIS.md)' in open(report.write_report(cells, paths)).read()
 
 
-def test_seed_differences_pair_runs_by_seed(script):
-  cells = study.make_cells(script.CELLS)
+def test_seed_differences_pair_runs_by_seed():
+  cells = design.make_cells(plan.CELLS)
   metrics = (('shapes/i2t_color', 'caption colour', 100.0),
              ('shapes/t2i_shape', 'T2I shape', 100.0))
   run = lambda seed, **m: {'seed': seed, 'metrics': m}
@@ -382,7 +381,7 @@ def test_seed_differences_pair_runs_by_seed(script):
       'row7': [run(2, **{'shapes/i2t_color': 0.70, 'shapes/t2i_shape': 0.35})],
       'row10': [run(3, **{'shapes/i2t_color': 0.5})],
   }
-  table = study.seed_differences_markdown(cells, results, metrics=metrics)
+  table = tables.seed_differences_markdown(cells, results, metrics=metrics)
   rows = {line.split(' | ')[0][2:]: line.strip(' |').split(' | ')
           for line in table.splitlines()[2:]}
   # row 14: +5 and -10 points of caption colour (mean -2.5, std 10.6), ahead on 1 of 2 seeds.
@@ -391,62 +390,63 @@ def test_seed_differences_pair_runs_by_seed(script):
   # No seed in common with row 3 (row10), and row 3 itself: no row.
   assert set(rows) == {'row14', 'row7'}
   assert table.splitlines()[0] == '| cell | seeds | caption colour | T2I shape |'
-  assert study.seed_differences_markdown(cells, {'row3': results['row3']}) == ''
+  assert tables.seed_differences_markdown(cells, {'row3': results['row3']}) == ''
 
 
 def test_eta_scales_the_prior_by_measured_time():
-  assert study.eta_seconds([100.0, 50.0], [], []) == 150.0
-  assert study.eta_seconds([100.0, 50.0], [10.0, 30.0], [20.0, 60.0]) == 300.0
-  assert study.format_duration(3725) == '1h02m' and study.format_duration(65) == '1m05s'
-  assert study.mean_std([1.0]) == (1.0, 0.0)
-  assert study.mean_std([1.0, 3.0]) == pytest.approx((2.0, np.sqrt(2.0)))
+  assert commands.eta_seconds([100.0, 50.0], [], []) == 150.0
+  assert commands.eta_seconds([100.0, 50.0], [10.0, 30.0], [20.0, 60.0]) == 300.0
+  assert metric_writer.format_duration(3725) == '1h02m'
+  assert metric_writer.format_duration(65) == '1m05s'
+  assert tables.mean_std([1.0]) == (1.0, 0.0)
+  assert tables.mean_std([1.0, 3.0]) == pytest.approx((2.0, np.sqrt(2.0)))
 
 
-def test_a_changed_budget_is_refused_not_mixed(script, tmp_path):
+def test_a_changed_budget_is_refused_not_mixed(tmp_path):
   out, vqgan = tmp_path / 'out', tmp_path / 'vqgan'
   vqgan.mkdir()
   args = ['--out', str(out), '--quick', '--vqgan', str(vqgan), '--cells', 'row3']
-  assert script.main(args, runner=FakeCLIs(), log=quiet) == 0
+  assert cli.main(args, runner=FakeCLIs(), log=quiet) == 0
   meta_path = out / 'study.json'
   meta = json.loads(meta_path.read_text())
   meta['budget']['train']['total_steps'] = 30
   meta['budget']['estimate'] = {'overhead_s': 1.0}  # the ETA prior may change freely
   meta_path.write_text(json.dumps(meta))
   fake, lines = FakeCLIs(), []
-  assert script.main(args, runner=fake, log=lines.append) == 1
+  assert cli.main(args, runner=fake, log=lines.append) == 1
   assert fake.commands == []
   assert 'train.total_steps: 30 -> 60' in lines[-1] and 'estimate' not in lines[-1]
-  budget = script.BUDGETS['quick']
-  assert study.budget_changes(None, budget) == []
-  assert study.budget_changes(json.loads(json.dumps(budget)), budget) == []
+  budget = plan.BUDGETS['quick']
+  assert commands.budget_changes(None, budget) == []
+  assert commands.budget_changes(json.loads(json.dumps(budget)), budget) == []
   # A train override added since (a pinned config field) is left to the runs' config check;
   # one removed, or a new key of another section, is a change.
   pinned = dict(budget, train=dict(budget['train'], **{'loss.t2i_mask_schedule': 'cosine'}))
-  assert study.budget_changes(json.loads(json.dumps(budget)), pinned) == []
-  assert study.budget_changes(json.loads(json.dumps(pinned)), budget) == [
+  assert commands.budget_changes(json.loads(json.dumps(budget)), pinned) == []
+  assert commands.budget_changes(json.loads(json.dumps(pinned)), budget) == [
       "train.loss.t2i_mask_schedule: 'cosine' -> None"]
   grown = dict(budget, sample=dict(budget['sample'], top_k=5))
-  assert study.budget_changes(json.loads(json.dumps(budget)), grown) == [
+  assert commands.budget_changes(json.loads(json.dumps(budget)), grown) == [
       'sample.top_k: None -> 5']
 
 
-def test_a_pinned_train_field_that_differs_from_the_runs_is_refused(script, tmp_path,
+def test_a_pinned_train_field_that_differs_from_the_runs_is_refused(tmp_path,
                                                                    monkeypatch):
   """Pinning a value the started runs did not have passes the budget check and is caught by
   the runs' own configs."""
   out, vqgan = tmp_path / 'out', tmp_path / 'vqgan'
   vqgan.mkdir()
   args = ['--out', str(out), '--quick', '--vqgan', str(vqgan), '--cells', 'row3']
-  assert script.main(args, runner=FakeCLIs(), log=quiet) == 0
-  budget = script.BUDGETS['quick']
-  paths = study.Paths(str(out), str(out / 'work'), str(vqgan))
-  run = study.Run({c.name: c for c in study.make_cells(script.CELLS)}['row3'], 1)
-  config = study.train_config(run, paths, budget, study.cell_counts(run.cell, budget))
+  assert cli.main(args, runner=FakeCLIs(), log=quiet) == 0
+  budget = plan.BUDGETS['quick']
+  paths = commands.Paths(str(out), str(out / 'work'), str(vqgan))
+  run = design.Run({c.name: c for c in design.make_cells(plan.CELLS)}['row3'], 1)
+  config = commands.train_config(run, paths, budget, design.cell_counts(run.cell, budget))
   (out / 'work' / 'runs' / 'row3-seed1' / 'config.json').write_text(config.to_json())
-  monkeypatch.setitem(script.BUDGETS, 'quick', dict(budget, train=dict(
+  monkeypatch.setitem(plan.BUDGETS, 'quick', dict(budget, train=dict(
       budget['train'], **{'loss.t2i_mask_schedule': 'cosine'})))
   fake, lines = FakeCLIs(), []
-  assert script.main(args, runner=fake, log=lines.append) == 1
+  assert cli.main(args, runner=fake, log=lines.append) == 1
   assert fake.commands == []
   assert "loss.t2i_mask_schedule: 'truncated_gaussian' -> 'cosine'" in lines[-1]
   assert 'the configs have changed' in lines[-1]

@@ -14,11 +14,11 @@ import pytest
 
 from configs import t5_xxl
 from configs import tiny
-from itit import partitioning
 from itit.models import itit
 from itit.models import t5
 from itit.models import t5_loader
 from itit.models import text_encoder
+from itit.trainer import partitioning
 
 VOCAB = 40
 

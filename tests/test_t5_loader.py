@@ -1,6 +1,7 @@
 """Tests for itit.models.t5_loader: parity with transformers' T5EncoderModel on real HF
 checkpoints (random tiny ones made by save_pretrained), sharded and bfloat16 files, clear errors,
-the tokenizer hook, the content identity and the frozen split.
+the content identity and the frozen split. The T5 tokenizer loader is tested in
+tests/test_text_tokenizer.py.
 
 Needs torch (CPU) and transformers (the project's `test` extra); skipped where they are absent.
 """
@@ -17,7 +18,6 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from configs import tiny
-from itit.data import text_tokenizer
 from itit.models import itit
 from itit.models import t5
 from itit.models import t5_loader
@@ -166,23 +166,6 @@ def test_config_mismatch_and_missing_files(checkpoints, tmp_path):
   (tmp_path / 'config.json').write_text(json.dumps({'model_type': 't5'}))
   with pytest.raises(FileNotFoundError, match='model.safetensors.index.json'):
     t5_loader.weight_files(str(tmp_path))
-
-
-def test_tokenizer_hook_checks_vocab_size(checkpoints, tmp_path):
-  _, single, _ = checkpoints['relu']
-  directory = str(tmp_path / 'with_tokenizer')
-  shutil.copytree(single, directory)
-  texts = ['a red square left of a blue circle', 'the green triangle is above the square'] * 20
-  trained = text_tokenizer.TextTokenizer.train(
-      texts, os.path.join(directory, 'spiece.model'), vocab_size=60)
-  tokenizer = t5_loader.load_t5_tokenizer(directory, VOCAB)
-  assert tokenizer.sha256 == trained.sha256 and tokenizer.vocab_size <= VOCAB
-  ids = tokenizer.encode(['a red square'], 8)
-  assert ids.max() < VOCAB
-  with pytest.raises(ValueError, match=f'{tokenizer.vocab_size} pieces but the T5 embedding has'):
-    t5_loader.load_t5_tokenizer(directory, tokenizer.vocab_size - 1)
-  with pytest.raises(FileNotFoundError, match='spiece.model'):
-    t5_loader.load_t5_tokenizer(single, VOCAB)
 
 
 def test_identity_follows_content(checkpoints, tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for itit.data.text_tokenizer: T5 id conventions, truncation, padding, training."""
+"""Tests for itit.data.text_tokenizer: T5 ids, truncation, padding, training, load_t5_tokenizer."""
 import hashlib
 import io
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+from itit.data.text_tokenizer import load_t5_tokenizer
 from itit.data.text_tokenizer import TextTokenizer
 
 COLORS = ['red', 'green', 'blue', 'yellow', 'purple', 'orange']
@@ -113,3 +114,16 @@ def test_bad_input(tokenizer, tmp_path):
     tokenizer.encode('a red circle', 8)
   with pytest.raises(ValueError, match='max_len'):
     tokenizer.encode(['a red circle'], 0)
+
+
+def test_load_t5_tokenizer_checks_the_embedding_size(model_path, tokenizer, tmp_path):
+  directory = tmp_path / 't5'
+  directory.mkdir()
+  (directory / 'spiece.model').write_bytes(model_path.read_bytes())
+  loaded = load_t5_tokenizer(str(directory), tokenizer.vocab_size + 28)  # T5 pads its rows
+  assert loaded.sha256 == tokenizer.sha256
+  assert loaded.encode(['a red circle'], 8).max() < tokenizer.vocab_size
+  with pytest.raises(ValueError, match=f'{tokenizer.vocab_size} pieces but the T5 embedding has'):
+    load_t5_tokenizer(str(directory), tokenizer.vocab_size - 1)
+  with pytest.raises(FileNotFoundError, match='spiece.model'):
+    load_t5_tokenizer(str(tmp_path), tokenizer.vocab_size)

@@ -1,15 +1,10 @@
-"""scripts/trace_summary.py: busy time, categories and top ops of a Chrome trace."""
+"""tools.trace_summary: busy time, categories and top ops of a Chrome trace."""
 import gzip
 import json
 
 import pytest
-from script_loader import load_script  # pylint: disable=g-bad-import-order
 
-
-
-@pytest.fixture(scope='module')
-def trace_summary():
-  return load_script('trace_summary')
+from tools import trace_summary
 
 
 def _device_trace():
@@ -31,12 +26,12 @@ def _device_trace():
   return events
 
 
-def test_busy_time_merges_overlaps(trace_summary):
+def test_busy_time_merges_overlaps():
   assert trace_summary.busy_time([(0, 10), (5, 15), (20, 30)]) == 25
   assert trace_summary.busy_time([]) == 0
 
 
-def test_categories(trace_summary):
+def test_categories():
   assert trace_summary.categorise('sm90_xmma_gemm_bf16bf16_bf16f32') == 'matmul'
   assert trace_summary.categorise('nvjet_sm90_tst_128x160_64x5_2x1_v_bz_NNT') == 'matmul'
   assert trace_summary.categorise('cudnn_flash_fprop') == 'attention'
@@ -46,7 +41,7 @@ def test_categories(trace_summary):
   assert trace_summary.categorise('something_else') == 'other'
 
 
-def test_device_lines_only_and_values(trace_summary):
+def test_device_lines_only_and_values():
   summary = trace_summary.summarise(_device_trace(), top=2)
   assert summary['device_lines']
   (line,) = summary['lines']  # the host event is left out when a device exists
@@ -60,7 +55,7 @@ def test_device_lines_only_and_values(trace_summary):
   assert line['top'][0]['count'] == 2
 
 
-def test_cli_reads_the_newest_trace(trace_summary, tmp_path, capsys):
+def test_cli_reads_the_newest_trace(tmp_path, capsys):
   run = tmp_path / 'plugins' / 'profile' / 'run1'
   run.mkdir(parents=True)
   with gzip.open(run / 'host.trace.json.gz', 'wt') as f:

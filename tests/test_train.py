@@ -8,61 +8,28 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
-from itit import checkpointing
-from itit import loss_gradients
-from itit import optimizer as optimizer_lib
-from itit import train
-from itit.data import shapes
-from itit.data import shards
-from itit.data.sources import Record
-from itit.data.text_tokenizer import TextTokenizer
+from itit.trainer import checkpointing
+from itit.trainer import loop
+from itit.trainer import optimizer as optimizer_lib
+from itit.trainer import state as state_lib
+from itit.trainer import step as step_lib
+from tools import loss_gradients
+import conftest  # pylint: disable=g-bad-import-order
 
-GRID = 4
-CODES = 32
-
-
-def pooled_tokens(images):
-  """A stand-in image tokenizer: 8x8-pixel block means, quantized to CODES values."""
-  images = np.asarray(images, np.float32)
-  b = images.shape[0]
-  blocks = images.reshape(b, GRID, 8, GRID, 8, 3).mean(axis=(2, 4))
-  value = (blocks[..., 0] // 64) * 16 + (blocks[..., 1] // 64) * 4 + blocks[..., 2] // 64
-  return (value.reshape(b, GRID * GRID) % CODES).astype(np.int32)
+# The tiny run: 6 steps, metrics every 2, checkpoints at 3 and 6, no evaluation until the end.
+TRAIN = {'total_steps': 6, 'log_every': 2, 'checkpoint_every': 3, 'optimizer.warmup_steps': 2,
+         'optimizer.lr': 1e-3, 'eval_every': 0}
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp('shards')
-  tokenizer = TextTokenizer.train(shapes.caption_corpus(num_scenes=300), root / 'spiece.model',
-                                  vocab_size=60)
-  splits = shapes.make_splits(0, paired_fraction=1.0, num_train=64, num_test=16)
-  identity = {'kind': 'pooled', 'sha256': 'test', 'codebook_size': CODES, 'grid_size': GRID}
-  for name, split in (('paired', 'paired'), ('test', 'test')):
-    records = [Record(f'{split}/{i}', image, text)
-               for i, (image, text) in enumerate(shapes.examples(splits[split], seed=0))]
-    shards.write_shards(root / name, records, image_tokenizer=pooled_tokens,
-                        text_tokenizer=tokenizer, max_text_len=8,
-                        identities={'image_tokenizer': identity}, config={'split': split},
-                        records_per_shard=32)
-  return str(root)
+def data_dir(shapes_spiece, tmp_path_factory):
+  return conftest.write_pooled_shards(tmp_path_factory.mktemp('shards'), shapes_spiece(60),
+                                      ('paired', 'test'), num_test=16, sha256='test')
 
 
 def tiny_config(data_dir, **overrides):
-  config = tiny.get_config('row3')
-  config.data.dir = data_dir
-  config.total_steps = 6
-  config.log_every = 2
-  config.checkpoint_every = 3
-  config.optimizer.warmup_steps = 2
-  config.optimizer.lr = 1e-3
-  config.eval_every = 0
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
+  return conftest.apply_overrides(tiny.get_config('row3'),
+                                  {'data.dir': data_dir, **TRAIN, **overrides})
 
 
 def final_params(workdir):
@@ -74,7 +41,7 @@ def final_params(workdir):
 
 def test_trains_logs_and_evaluates(data_dir, tmp_path):
   workdir = str(tmp_path / 'run')
-  results = train.train_and_evaluate(tiny_config(data_dir), workdir)
+  results = loop.train_and_evaluate(tiny_config(data_dir), workdir)
   assert set(results) >= {'i2t/i2t_token_accuracy', 't2i/t2i_masked_token_accuracy'}
   assert all(0.0 <= results[k] <= 1.0 for k in results if 'accuracy' in k)
   lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
@@ -96,11 +63,11 @@ def test_trains_logs_and_evaluates(data_dir, tmp_path):
 
 def test_resume_is_bitwise(data_dir, tmp_path):
   straight = str(tmp_path / 'straight')
-  train.train_and_evaluate(tiny_config(data_dir), straight)
+  loop.train_and_evaluate(tiny_config(data_dir), straight)
   resumed = str(tmp_path / 'resumed')
-  out = train.train_and_evaluate(tiny_config(data_dir, max_steps_per_run=4), resumed)
+  out = loop.train_and_evaluate(tiny_config(data_dir, max_steps_per_run=4), resumed)
   assert out == {'stopped_at_step': 4}
-  train.train_and_evaluate(tiny_config(data_dir), resumed)
+  loop.train_and_evaluate(tiny_config(data_dir), resumed)
   step_a, params_a = final_params(straight)
   step_b, params_b = final_params(resumed)
   assert step_a == step_b == 6
@@ -112,13 +79,13 @@ def test_nan_halts_naming_the_step(data_dir, tmp_path):
   config = tiny_config(data_dir, **{'optimizer.lr': float('nan')})
   config.optimizer.grad_clip = 0.0
   with pytest.raises(FloatingPointError, match='non-finite loss or gradient at step'):
-    train.train_and_evaluate(config, str(tmp_path / 'nan'))
+    loop.train_and_evaluate(config, str(tmp_path / 'nan'))
 
 
 def test_nan_skip_policy_keeps_params(data_dir, tmp_path):
   config = tiny_config(data_dir, nan_policy='skip', **{'optimizer.lr': float('nan')})
   workdir = str(tmp_path / 'skip')
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert [l['skipped_steps'] for l in lines if 'loss' in l] == [2, 4, 6]
   _, params = final_params(workdir)
@@ -128,13 +95,13 @@ def test_nan_skip_policy_keeps_params(data_dir, tmp_path):
 def test_refuses_mismatched_model(data_dir, tmp_path):
   config = tiny_config(data_dir, **{'model.image_vocab_size': 64})
   with pytest.raises(ValueError, match='image_vocab_size=32'):
-    train.train_and_evaluate(config, str(tmp_path / 'bad'))
+    loop.train_and_evaluate(config, str(tmp_path / 'bad'))
 
 
 def test_refuses_mesh_that_does_not_match_devices(data_dir, tmp_path):
   config = tiny_config(data_dir, **{'mesh.data': jax.device_count() + 1})
   with pytest.raises(ValueError, match=f'needs {jax.device_count() + 1} devices'):
-    train.train_and_evaluate(config, str(tmp_path / 'mesh'))
+    loop.train_and_evaluate(config, str(tmp_path / 'mesh'))
 
 
 def _random_t5(path, seed):
@@ -154,7 +121,7 @@ def test_frozen_t5_stays_out_of_state_and_resume_checks_it(data_dir, tmp_path):
   config.model.text_encoder.update(kind='t5', path=t5_dir,
                                    t5=t5_loader.text_encoder_config(t5_dir))
   workdir = str(tmp_path / 't5run')
-  assert train.train_and_evaluate(config, workdir) == {'stopped_at_step': 3}
+  assert loop.train_and_evaluate(config, workdir) == {'stopped_at_step': 3}
   _, params = final_params(workdir)
   assert 'text_encoder' not in params and 'encoder_text_projection' in params
   meta = json.load(open(os.path.join(workdir, 'checkpoints', '3', 'meta', 'metadata')))
@@ -162,19 +129,19 @@ def test_frozen_t5_stays_out_of_state_and_resume_checks_it(data_dir, tmp_path):
   other = _random_t5(tmp_path / 't5_other', seed=1)
   config.model.text_encoder.path = other
   with pytest.raises(ValueError, match='is not the T5 checkpoint this run was trained with'):
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
 
 
 @pytest.mark.slow  # three training runs; test_resume_is_bitwise covers resume in the fast tier
 def test_rbg_prng_resumes_bitwise_and_refuses_another_impl(data_dir, tmp_path):
   straight = str(tmp_path / 'straight')
-  train.train_and_evaluate(tiny_config(data_dir, prng_impl='rbg'), straight)
+  loop.train_and_evaluate(tiny_config(data_dir, prng_impl='rbg'), straight)
   resumed = str(tmp_path / 'resumed')
-  assert train.train_and_evaluate(tiny_config(data_dir, prng_impl='rbg', max_steps_per_run=3),
+  assert loop.train_and_evaluate(tiny_config(data_dir, prng_impl='rbg', max_steps_per_run=3),
                                   resumed) == {'stopped_at_step': 3}
   with pytest.raises(ValueError, match="trained with prng_impl='rbg'.*--config.prng_impl=rbg"):
-    train.train_and_evaluate(tiny_config(data_dir), resumed)
-  train.train_and_evaluate(tiny_config(data_dir, prng_impl='rbg'), resumed)
+    loop.train_and_evaluate(tiny_config(data_dir), resumed)
+  loop.train_and_evaluate(tiny_config(data_dir, prng_impl='rbg'), resumed)
   manager = ocp.CheckpointManager(os.path.join(straight, 'checkpoints'))
   state = manager.restore(6, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
   assert str(jax.random.key_impl(state['rng'])) == 'rbg'  # the key the step draws from
@@ -187,7 +154,7 @@ def _rows_each_loss_reads(paired_split):
   """One (unjitted) train step whose two paired 'losses' report the example ids they read."""
   config = tiny.get_config('row3')
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
-  state = train.init_train_state(config, tx, train.seed_key_data(config))
+  state = state_lib.init_train_state(config, tx, state_lib.seed_key_data(config))
 
   def spy(params, batch, rng):
     del rng
@@ -198,7 +165,7 @@ def _rows_each_loss_reads(paired_split):
   ids = np.arange(8, dtype=np.int32)
   paired = {'image_tokens': np.zeros((8, 16), np.int32),
             'text_ids': np.stack([ids, ids + 100], axis=1)}
-  _, metrics = train.train_step(state, {'paired': paired}, loss_fns={
+  _, metrics = step_lib.train_step(state, {'paired': paired}, loss_fns={
       't2i': ('paired', spy), 'i2t': ('paired', spy)}, tx=tx, schedule=schedule,
       nan_policy='halt', paired_split=paired_split)
   return np.asarray(metrics['t2i/examples']), np.asarray(metrics['i2t/examples'])
@@ -219,7 +186,7 @@ def test_shared_batch_gives_t2i_and_i2t_the_same_paired_examples():
 def test_paired_half_interleaves_rows():
   """Rows alternate between the halves, so each device's contiguous block holds both."""
   batch = {'text_ids': np.arange(12, dtype=np.int32).reshape(6, 2)}
-  halves = [train.paired_half(batch, h)['text_ids'] for h in (0, 1)]
+  halves = [step_lib.paired_half(batch, h)['text_ids'] for h in (0, 1)]
   np.testing.assert_array_equal(halves[0], [[0, 1], [4, 5], [8, 9]])
   np.testing.assert_array_equal(halves[1], [[2, 3], [6, 7], [10, 11]])
 
@@ -227,5 +194,5 @@ def test_paired_half_interleaves_rows():
 def test_an_odd_paired_shard_is_refused_under_the_split(data_dir, tmp_path):
   config = tiny_config(data_dir, **{'batch.paired': 5, 'batch.paired_split': True})
   with pytest.raises(ValueError, match='batch.paired_split cannot halve'):
-    train.train_and_evaluate(config, str(tmp_path / 'odd'))
+    loop.train_and_evaluate(config, str(tmp_path / 'odd'))
   assert not os.path.exists(tmp_path / 'odd')

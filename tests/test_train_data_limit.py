@@ -3,11 +3,10 @@ import numpy as np
 import pytest
 
 from configs import base
-from itit import errors
-from itit import train_data
 from itit.data import shards
-from itit.data.sources import Record
-from index_tokenizer import IndexTextTokenizer  # pylint: disable=g-bad-import-order
+from itit import errors
+from itit.trainer import train_data
+import conftest  # pylint: disable=g-bad-import-order
 
 NUM_RECORDS = 60
 
@@ -16,14 +15,7 @@ NUM_RECORDS = 60
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp('data')
   for stream in ('paired', 'unpaired_text'):
-    examples = (Record(str(i), np.full((2, 2, 3), i, np.uint8), str(i))
-                for i in range(NUM_RECORDS))
-    shards.write_shards(
-        root / stream, examples,
-        image_tokenizer=lambda images: images[..., 0].reshape(len(images), -1).astype(np.int64),
-        text_tokenizer=IndexTextTokenizer(), max_text_len=4,
-        identities={'image_tokenizer': {'kind': 'fake', 'sha256': 'f' * 64}}, config={},
-        records_per_shard=25)
+    conftest.write_index_shards(root / stream, NUM_RECORDS, max_text_len=4)
   return str(root)
 
 

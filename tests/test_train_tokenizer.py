@@ -1,4 +1,4 @@
-"""Tests for itit/train_tokenizer.py and itit/vqgan_losses.py: resume, restarts, loss terms."""
+"""Tests for itit/train_tokenizer.py and itit/vqgan_training/: resume, restarts, loss terms."""
 import json
 import os
 import shutil
@@ -11,7 +11,9 @@ import pytest
 
 from configs import vqgan_shapes
 from itit import train_tokenizer
-from itit import vqgan_losses
+from itit.vqgan_training import data as vqgan_data
+from itit.vqgan_training import losses
+from itit.vqgan_training import step as vqgan_step
 
 
 def tiny_config(image_dir):
@@ -62,7 +64,7 @@ def test_resume_ends_with_bitwise_identical_params(image_dir, tmp_path, capsys):
 def test_restart_dead_codes_replaces_exactly_the_unused_codes():
   codebook = jnp.arange(8.0).reshape(4, 2)
   features = jnp.full((2, 3, 2), 100.0) + jnp.arange(6.0).reshape(2, 3, 1)
-  new, num_dead = vqgan_losses.restart_dead_codes(
+  new, num_dead = losses.restart_dead_codes(
       codebook, jnp.array([5.0, 0.0, 3.0, 0.0]), features, jax.random.PRNGKey(0), min_count=1)
   assert int(num_dead) == 2
   np.testing.assert_array_equal(new[jnp.array([0, 2])], codebook[jnp.array([0, 2])])
@@ -74,10 +76,10 @@ def test_train_step_restarts_codes_no_encoder_output_picked(image_dir):
   config = tiny_config(image_dir)
   config.codebook.update(dict(restart_every=1, ema_decay=0.0))  # step 0's lr is 0: only
   config.model.codebook_size = 128  # restarts move codes; 128 codes > 64 tokens: some unused
-  state = train_tokenizer.init_state(config)
-  images = jnp.asarray(train_tokenizer.train_batch(config, 0, sorted(
+  state = vqgan_step.init_state(config)
+  images = jnp.asarray(vqgan_data.train_batch(config, 0, sorted(
       str(p) for p in image_dir.iterdir())), jnp.float32) / 255
-  new_state, metrics = train_tokenizer.make_train_step(config)(
+  new_state, metrics = vqgan_step.make_train_step(config)(
       jax.tree.map(jnp.copy, state), images)
   used = np.asarray(metrics['codebook_usage']) * 128
   assert 0 < int(metrics['restarted_codes']) == 128 - round(float(used))
@@ -91,7 +93,7 @@ def test_train_step_restarts_codes_no_encoder_output_picked(image_dir):
 def test_ema_update_moves_picked_codes_to_their_mean_and_keeps_the_others():
   codebook = jnp.array([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
   features = jnp.array([[2.0, 0.0], [4.0, 0.0], [9.0, 9.0]])
-  counts, sums, new = vqgan_losses.ema_codebook_update(
+  counts, sums, new = losses.ema_codebook_update(
       jnp.ones(3), codebook, jnp.array([0, 0, 2]), features, decay=0.5)
   np.testing.assert_allclose(counts, [1.5, 0.5, 1.0])
   np.testing.assert_allclose(new[0], [(0.5 * 0 + 0.5 * 6.0) / 1.5, 0.0])  # toward mean (3, 0)
@@ -106,16 +108,16 @@ def test_perceptual_loss_from_a_user_npz(tmp_path):
                     'conv0/bias': np.zeros(4, np.float32), 'conv0/pool': np.array(1),
                     'conv1/kernel': rng.normal(size=(3, 3, 4, 5)).astype(np.float32),
                     'mean': np.full(3, 0.5, np.float32)})
-  net = vqgan_losses.load_feature_net(str(path))
+  net = losses.load_feature_net(str(path))
   assert len(net['layers']) == 2 and net['layers'][0][2] and not net['layers'][1][2]
   images = jnp.asarray(rng.uniform(size=(2, 8, 8, 3)), jnp.float32)
-  assert float(vqgan_losses.perceptual_loss(net, images, images)) == 0.0
-  assert float(vqgan_losses.perceptual_loss(net, images, 1.0 - images)) > 0.1
+  assert float(losses.perceptual_loss(net, images, images)) == 0.0
+  assert float(losses.perceptual_loss(net, images, 1.0 - images)) > 0.1
   with pytest.raises(FileNotFoundError, match='perceptual_weights'):
-    vqgan_losses.load_feature_net(str(tmp_path / 'missing.npz'))
+    losses.load_feature_net(str(tmp_path / 'missing.npz'))
   np.savez(tmp_path / 'bad.npz', **{'conv0/kernel': np.zeros((3, 3, 4, 4), np.float32)})
   with pytest.raises(ValueError, match='do not chain'):
-    vqgan_losses.load_feature_net(str(tmp_path / 'bad.npz'))
+    losses.load_feature_net(str(tmp_path / 'bad.npz'))
 
 
 @pytest.mark.slow  # compiles a second, larger train step (~20 s); the GAN term is optional
@@ -123,10 +125,10 @@ def test_discriminator_waits_for_its_start_then_trains(image_dir):
   config = tiny_config(image_dir)
   config.loss.update(dict(adversarial_weight=0.1, adversarial_start=1, adversarial_warmup=2,
                           disc_filters=8, disc_layers=2))
-  step = train_tokenizer.make_train_step(config)
-  state = train_tokenizer.init_state(config)
+  step = vqgan_step.make_train_step(config)
+  state = vqgan_step.init_state(config)
   initial = jax.tree.map(np.asarray, state['disc_params'])
-  images = jnp.asarray(train_tokenizer.train_batch(config, 0, sorted(
+  images = jnp.asarray(vqgan_data.train_batch(config, 0, sorted(
       str(p) for p in image_dir.iterdir())), jnp.float32) / 255
   state, metrics = step(state, images)
   jax.tree.map(np.testing.assert_array_equal, state['disc_params'], initial)
@@ -135,8 +137,8 @@ def test_discriminator_waits_for_its_start_then_trains(image_dir):
   moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
                        state['disc_params'], initial)
   assert max(jax.tree.leaves(moved)) > 0
-  assert float(vqgan_losses.adversarial_weight(jnp.array(1), 1, 2, 0.1)) == pytest.approx(0.05)
-  assert float(vqgan_losses.adversarial_weight(jnp.array(0), 1, 2, 0.1)) == 0.0
+  assert float(losses.adversarial_weight(jnp.array(1), 1, 2, 0.1)) == pytest.approx(0.05)
+  assert float(losses.adversarial_weight(jnp.array(0), 1, 2, 0.1)) == 0.0
 
 
 def test_folder_source_errors_name_the_field(tmp_path):
@@ -156,16 +158,16 @@ def test_error_weighted_restarts_seed_only_from_badly_coded_outputs():
   features = jnp.concatenate([on_code, far])
   counts = jnp.array([90.0, 0.0, 0.0])
   for seed in range(5):
-    new, num_dead = vqgan_losses.restart_dead_codes(
+    new, num_dead = losses.restart_dead_codes(
         codebook, counts, features, jax.random.PRNGKey(seed), min_count=1, sampling='error')
     assert int(num_dead) == 2
     np.testing.assert_array_equal(new[0], codebook[0])
     far_rows = {tuple(r) for r in np.asarray(far)}
     assert tuple(np.asarray(new[1])) in far_rows and tuple(np.asarray(new[2])) in far_rows
   # Uniform sampling lands on the zero-error outputs most of the time.
-  hits = sum(tuple(np.asarray(vqgan_losses.restart_dead_codes(
+  hits = sum(tuple(np.asarray(losses.restart_dead_codes(
       codebook, counts, features, jax.random.PRNGKey(seed), 1)[0][1])) == (0.0, 0.0)
              for seed in range(20))
   assert hits >= 10
   with pytest.raises(ValueError, match='restart_sampling'):
-    vqgan_losses.restart_dead_codes(codebook, counts, features, jax.random.PRNGKey(0), 1, 'x')
+    losses.restart_dead_codes(codebook, counts, features, jax.random.PRNGKey(0), 1, 'x')

@@ -4,8 +4,9 @@ A scene is 1 or 2 objects on a plain dark background; each object has a colour, 
 and a region of a 3x3 grid. Two-object scenes also have a spatial relation, which follows from
 the two regions (the grid offset must be larger on one axis, so 'left of' / 'above' is never
 ambiguous). Captions come from several templates and paraphrases, every one of which names every
-attribute of every object, so `parse_caption` is an exact inverse; `parse_image` (in
-`shapes_parse.py`) reads a scene back from pixels. docs/SHAPES.md describes the world.
+attribute of every object, so a caption parses back to its scene exactly. The caption and pixel
+parsers live in the parsing module next to this one (it imports this module, never the reverse).
+docs/SHAPES.md describes the world.
 
 Geometry is defined at a 32x32 reference and scaled with `image_size`: objects are 9 (small) or
 13 (large) reference pixels wide; an object's centre (the centre of its box) lies at least
@@ -414,27 +415,3 @@ def make_splits(seed: int, *, paired_fraction: float = 0.02, num_train: int = 20
       'heldout_test': _weighted_sample(heldout, min(num_test, len(heldout)), rng),
   }
 
-
-def parse_caption(text: str) -> Scene | None:
-  """The scene a caption describes; None for text that is not one of its `all_captions`."""
-  from itit.data import shapes_parse  # pylint: disable=g-import-not-at-top  (imports this module)
-  return shapes_parse.parse_caption(text)
-
-
-def parse_image(pixels: np.ndarray) -> Scene:
-  """Best-guess scene of one image (uint8 or float [H, W, 3]); never raises. See shapes_parse."""
-  from itit.data import shapes_parse  # pylint: disable=g-import-not-at-top
-  return shapes_parse.parse_image(pixels)
-
-
-def parse_images(images: np.ndarray) -> list[Scene]:
-  """`parse_image` over a batch [N, H, W, 3], vectorised (thousands of images per second)."""
-  from itit.data import shapes_parse  # pylint: disable=g-import-not-at-top
-  return shapes_parse.parse_images(images)
-
-
-def scene_metrics(predicted: Sequence[Scene | None],
-                  target: Sequence[Scene]) -> dict[str, float]:
-  """Per-attribute, relation, count and exact-scene accuracies; see shapes_parse."""
-  from itit.data import shapes_parse  # pylint: disable=g-import-not-at-top
-  return shapes_parse.scene_metrics(predicted, target)

@@ -28,8 +28,8 @@ import flax.traverse_util
 import numpy as np
 import tqdm
 
-from itit import errors
 from itit.data.text_tokenizer import TextTokenizer
+from itit import errors
 
 if TYPE_CHECKING:
   from itit.data.sources import Record

@@ -13,131 +13,43 @@ Skip reasons (short, stable strings):
            missing_caption (an image without a caption in a captioned source)
   indexes: bad_annotation, bad_json, bad_line, missing_image (a caption whose image is absent
            from the index), unsafe_path, duplicate_key (also a shard or text file given twice)
-  tars (itit/data/webdataset.py): unsafe_tar_member (absolute, '..', symlink, hardlink, device, fifo), broken_tar (the
-           rest of that tar is skipped, the next tar is read)
+  tars:    (itit/data/webdataset.py) unsafe_tar_member (absolute, '..', symlink, hardlink,
+           device, fifo), broken_tar (the rest of that tar is skipped, the next tar is read)
 
 Text rules: control characters become spaces, runs of whitespace collapse to one space, the ends
 are stripped. Texts longer than `max_chars` are SKIPPED, not truncated: a caption that long is
 scraped page text, and the tokenizer truncates sensible ones to the model's length anyway.
 An image that fails is counted once, however many captions it had.
+
+`Record`, `SkipCounter`, `SourceError` and `clean_text` live in itit/data/records.py (shared with
+itit/data/webdataset.py) and are re-exported here. `itit.data.source_registry` maps the `source`
+names of a prepare config to these readers.
 """
 import collections
-import dataclasses
 import json
 import os
 import posixpath
-import re
-
-from absl import logging
-import numpy as np
 
 from itit.data import images as images_lib
 from itit.data.images import BadInput
 from itit.data.images import center_crop_resize
 from itit.data.images import load_image
+from itit.data.records import clean_text
+from itit.data.records import DEFAULT_MAX_CHARS
+from itit.data.records import Loader
+from itit.data.records import Record
+from itit.data.records import safe_relpath
+from itit.data.records import SkipCounter
+from itit.data.records import SourceError
+from itit.data.records import unique_sources
 
 __all__ = [
-    'BadInput', 'Record', 'SkipCounter', 'SourceError', 'center_crop_resize', 'clean_text',
-    'coco_captions', 'image_folder', 'karpathy_coco', 'karpathy_references', 'load_image',
-    'text_files',
+    'BadInput', 'DEFAULT_MAX_CHARS', 'Record', 'SkipCounter', 'SourceError', 'center_crop_resize',
+    'clean_text', 'coco_captions', 'image_folder', 'karpathy_coco', 'karpathy_references',
+    'load_image', 'text_files',
 ]
 
-DEFAULT_MAX_CHARS = 2000
 KARPATHY_SPLITS = ('train', 'val', 'test', 'restval')
-# Members above this are not read into memory at all (an image larger than this is 'too_large').
-_CONTROL_CHARACTERS = re.compile('[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff]')
-
-
-@dataclasses.dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; records compare by id
-class Record:
-  """One raw example.
-
-  Attributes:
-    key: stable id, unique within its source.
-    image: uint8 `[size, size, 3]` RGB (read-only), or None for text-only sources.
-    text: cleaned caption or text, or None for image-only sources.
-  """
-  key: str
-  image: np.ndarray | None
-  text: str | None
-
-
-class SourceError(ValueError):
-  """A whole source is unusable (missing or unparseable index, missing folder)."""
-
-
-class SkipCounter:
-  """Counts skipped inputs by reason and keeps a few examples of each.
-
-  Attributes:
-    counts: reason -> number of skipped inputs.
-    examples: reason -> up to `max_examples` places (path, path:line, tar:member) skipped for it.
-  """
-
-  def __init__(self, max_examples=3):
-    self.counts = collections.Counter()
-    self.examples = collections.defaultdict(list)
-    self.max_examples = max_examples
-
-  def skip(self, reason, where):
-    if not self.counts[reason]:
-      logging.warning('skipping %s (%s); further ones are counted', where, reason)
-    self.counts[reason] += 1
-    if len(self.examples[reason]) < self.max_examples:
-      self.examples[reason].append(str(where))
-
-  @property
-  def total(self):
-    return sum(self.counts.values())
-
-  def summary(self):
-    """One line: 'skipped 3 inputs: corrupt_image 2 (e.g. a.jpg, b.jpg), empty_text 1 (...)'."""
-    if not self.total:
-      return 'skipped 0 inputs'
-    parts = [f'{reason} {count} (e.g. {", ".join(self.examples[reason])})'
-             for reason, count in sorted(self.counts.items())]
-    return f'skipped {self.total} inputs: ' + ', '.join(parts)
-
-  def __str__(self):
-    return self.summary()
-
-
-def clean_text(value, *, min_chars=1, max_chars=DEFAULT_MAX_CHARS):
-  """Returns the cleaned text of a caption (str or UTF-8 bytes) or raises BadInput."""
-  if value is None:
-    raise BadInput('missing_caption')
-  if isinstance(value, (bytes, bytearray)):
-    try:
-      value = bytes(value).decode('utf-8')
-    except UnicodeDecodeError:
-      raise BadInput('bad_utf8') from None
-  if not isinstance(value, str):
-    raise BadInput('bad_caption', f'a {type(value).__name__}, not a string')
-  try:
-    value.encode('utf-8')  # JSON can carry lone surrogates that no tokenizer can encode
-  except UnicodeEncodeError:
-    raise BadInput('bad_utf8', 'lone surrogate') from None
-  text = ' '.join(_CONTROL_CHARACTERS.sub(' ', value).split())
-  if not text:
-    raise BadInput('empty_text')
-  if len(text) > max_chars:
-    raise BadInput('text_too_long', f'{len(text)} characters')
-  if len(text) < min_chars:
-    raise BadInput('text_too_short', f'{len(text)} characters')
-  return text
-
-
-def _safe_relpath(name):
-  """Normalised relative POSIX path, or None when `name` is absolute or climbs out with '..'."""
-  if not isinstance(name, str) or not name or '\x00' in name:
-    return None
-  name = name.replace('\\', '/')
-  if name.startswith('/') or re.match(r'^[A-Za-z]:', name):
-    return None
-  if '..' in name.split('/'):
-    return None
-  normalised = posixpath.normpath(name)
-  return None if normalised in ('.', '') else normalised
 
 
 def _load_json_index(path, what, fix):
@@ -177,19 +89,6 @@ def _captioned_records(key_prefix, path, captions, load, skips):
     yield Record(f'{key_prefix}/{index}', image, text)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Loader:
-  size: int
-  min_size: int
-  max_chars: int
-
-  def image(self, data):
-    return load_image(data, size=self.size, min_size=self.min_size)
-
-  def text(self, value):
-    return clean_text(value, max_chars=self.max_chars)
-
-
 def coco_captions(annotations_json, image_dir, *, skips, size=256, split=None,
                   min_size=images_lib.DEFAULT_MIN_SIZE, max_chars=DEFAULT_MAX_CHARS):
   """COCO `captions_*.json` plus its image folder: one Record per (image, caption).
@@ -217,7 +116,7 @@ def coco_captions(annotations_json, image_dir, *, skips, size=256, split=None,
   files, rejected = {}, set()  # captions of a rejected image entry are not counted again
   for i, entry in enumerate(data['images']):
     image_id = entry.get('id') if isinstance(entry, dict) else None
-    file_name = _safe_relpath(entry.get('file_name')) if isinstance(entry, dict) else None
+    file_name = safe_relpath(entry.get('file_name')) if isinstance(entry, dict) else None
     if not isinstance(image_id, int) or isinstance(image_id, bool):
       skips.skip('bad_annotation', f'{annotations_json} images[{i}]')
     elif file_name is None:
@@ -239,7 +138,7 @@ def coco_captions(annotations_json, image_dir, *, skips, size=256, split=None,
       skips.skip('missing_image', f'{annotations_json} annotations[{i}] image_id {image_id}')
     else:
       captions[image_id].append(annotation.get('caption'))
-  load = _Loader(size, min_size, max_chars)
+  load = Loader(size, min_size, max_chars)
   for image_id in sorted(files):
     path = os.path.join(folder, files[image_id])
     if image_id not in captions:
@@ -266,7 +165,7 @@ def _karpathy_entries(dataset_coco_json, split, skips):
     if entry.get('split') not in wanted:
       continue
     cocoid = entry.get('cocoid', entry.get('imgid'))
-    relpath = _safe_relpath(posixpath.join(entry.get('filepath') or '', entry.get('filename'))
+    relpath = safe_relpath(posixpath.join(entry.get('filepath') or '', entry.get('filename'))
                             if isinstance(entry.get('filename'), str) else None)
     sentences = entry.get('sentences')
     if not isinstance(cocoid, int) or not isinstance(sentences, list):
@@ -298,7 +197,7 @@ def karpathy_coco(dataset_coco_json, image_root, *, split, skips, size=256,
     Records keyed '<cocoid>/<sentence index>', by increasing cocoid.
   """
   _require_dir(image_root, 'COCO image root')
-  load = _Loader(size, min_size, max_chars)
+  load = Loader(size, min_size, max_chars)
   for cocoid, relpath, raws in _karpathy_entries(dataset_coco_json, split, skips):
     path = os.path.join(image_root, relpath)
     if not raws:
@@ -321,27 +220,6 @@ def karpathy_references(dataset_coco_json, *, split, skips=None, max_chars=DEFAU
     if texts:
       references[cocoid] = texts
   return references
-
-
-def _source_names(paths):
-  """Short unique names for key prefixes: file names, or paths below their common folder."""
-  names = [os.path.basename(os.fspath(p)) for p in paths]
-  if len(set(names)) == len(names):
-    return names
-  absolute = [os.path.abspath(p) for p in paths]
-  common = os.path.commonpath(absolute)
-  return [os.path.relpath(a, common).replace(os.sep, '/') for a in absolute]
-
-
-def _unique_sources(paths, skips):
-  """(path, name) pairs; a path given twice is read once."""
-  seen = set()
-  for path, name in zip(paths, _source_names(paths)):
-    if name in seen:
-      skips.skip('duplicate_key', path)
-      continue
-    seen.add(name)
-    yield os.fspath(path), name
 
 
 def _list_images(folder):
@@ -370,7 +248,7 @@ def _parse_caption_line(line, jsonl):
     if '\t' not in line:
       raise BadInput('bad_line', 'needs relative path<TAB>caption')
     file_name, caption = line.split('\t', 1)
-  relpath = _safe_relpath(file_name.strip())
+  relpath = safe_relpath(file_name.strip())
   if relpath is None:
     raise BadInput('unsafe_path', file_name)
   return relpath, caption
@@ -423,7 +301,7 @@ def image_folder(folder, *, skips, captions=None, size=256,
     'missing_caption', captions of absent images as 'missing_file'. Sorted by relative path.
   """
   _require_dir(folder, 'image folder')
-  load = _Loader(size, min_size, max_chars)
+  load = Loader(size, min_size, max_chars)
   relpaths = _list_images(folder)
   if captions is None:
     for relpath in relpaths:
@@ -469,7 +347,7 @@ def text_files(paths, *, skips, min_chars=1, max_chars=DEFAULT_MAX_CHARS):
   Yields:
     Records keyed '<file name>:<line number>' (1-based), image None.
   """
-  for path, name in _unique_sources(paths, skips):
+  for path, name in unique_sources(paths, skips):
     if not os.path.isfile(path):
       skips.skip('missing_file', path)
       continue

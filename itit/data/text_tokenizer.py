@@ -4,9 +4,10 @@ Ids: pad = 0, eos = 1, unk = 2 (T5's `spiece.model` layout, no SentencePiece BOS
 decoder starts from the pad id, as T5 does (`decoder_start_token_id = pad_token_id = 0` in
 Hugging Face's T5 config), so `bos_id` is 0.
 
-Any SentencePiece `.model` loads (e.g. T5's `spiece.model`); `TextTokenizer.train` makes a small
-one from a corpus, deterministically, for runs without a download (the shapes world trains its
-own). The SHA-256 of the model file is the tokenizer's identity: token shards and checkpoints
+Any SentencePiece `.model` loads (e.g. T5's `spiece.model`, which `load_t5_tokenizer` reads from
+a Hugging Face T5 directory and checks against the embedding size); `TextTokenizer.train` makes a
+small one from a corpus, deterministically, for runs without a download (the shapes world trains
+its own). The SHA-256 of the model file is the tokenizer's identity: token shards and checkpoints
 record it, and readers refuse a mismatch.
 """
 from __future__ import annotations
@@ -18,6 +19,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+
+# The SentencePiece model's file name inside a Hugging Face T5 directory.
+T5_TOKENIZER_FILE = 'spiece.model'
 
 
 class TextTokenizer:
@@ -129,3 +133,31 @@ class TextTokenizer:
       row = [i for i in row if i != self.pad_id and 0 <= i < self.vocab_size]
       texts.append(self._processor.decode(row))
     return texts[0] if ids.ndim == 1 else texts
+
+
+def load_t5_tokenizer(path: str | os.PathLike, vocab_size: int) -> TextTokenizer:
+  """The `spiece.model` of a T5 directory, checked to fit an embedding of `vocab_size` rows.
+
+  T5's 32000 SentencePiece pieces (32100 with the sentinels) fit its 32128 padded rows; a
+  tokenizer with more pieces than rows would index past the table.
+
+  Args:
+    path: a Hugging Face T5 directory.
+    vocab_size: rows of the T5 embedding the ids index (`text_encoder.t5.vocab_size`).
+
+  Returns:
+    The directory's tokenizer.
+
+  Raises:
+    FileNotFoundError: the directory has no spiece.model.
+    ValueError: the tokenizer has more pieces than the embedding has rows.
+  """
+  model_file = os.path.join(path, T5_TOKENIZER_FILE)
+  if not os.path.exists(model_file):
+    raise FileNotFoundError(f'{model_file} not found: a T5 directory carries its SentencePiece '
+                            'model as spiece.model')
+  tokenizer = TextTokenizer.load(model_file)
+  if tokenizer.vocab_size > vocab_size:
+    raise ValueError(f'{model_file} has {tokenizer.vocab_size} pieces but the T5 embedding has '
+                     f'{vocab_size} rows: the tokenizer does not belong to this checkpoint')
+  return tokenizer

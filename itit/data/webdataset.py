@@ -11,15 +11,17 @@ import tarfile
 
 from itit.data import images as images_lib
 from itit.data.images import BadInput
-from itit.data.sources import DEFAULT_MAX_CHARS
-from itit.data.sources import Record
-from itit.data.sources import _Loader
-from itit.data.sources import _safe_relpath
-from itit.data.sources import _unique_sources
+from itit.data.records import DEFAULT_MAX_CHARS
+from itit.data.records import Loader
+from itit.data.records import Record
+from itit.data.records import safe_relpath
+from itit.data.records import unique_sources
 
+# Members above this are not read into memory at all (an image larger than this is 'too_large').
 MAX_MEMBER_BYTES = images_lib.DEFAULT_MAX_BYTES
 _WDS_IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp')
 _WDS_TEXT_EXTENSIONS = ('txt', 'json')
+
 
 def _split_member_name(name):
   """webdataset convention: 'dir/000123.seg.png' -> key 'dir/000123', extension 'seg.png'."""
@@ -79,7 +81,7 @@ def _tar_records(path, name, load, with_text, skips):
         where = f'{path}:{member.name}'
         if member.isdir():
           continue
-        relname = _safe_relpath(member.name)
+        relname = safe_relpath(member.name)
         if not member.isreg() or relname is None:
           skips.skip('unsafe_tar_member', where)
           continue
@@ -143,6 +145,6 @@ def webdataset(tar_paths, *, skips, size=256, with_text=True,
   Yields:
     Records keyed '<shard name>/<member key>', in tar order.
   """
-  load = _Loader(size, min_size, max_chars)
-  for path, name in _unique_sources(tar_paths, skips):
+  load = Loader(size, min_size, max_chars)
+  for path, name in unique_sources(tar_paths, skips):
     yield from _tar_records(path, name, load, with_text, skips)

@@ -20,12 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from itit import masking
 from itit.models import layers
+from itit.models import masking
 from itit.models import t5
 from itit.models import text_encoder as text_encoder_lib
-
-EOS_ID = 1
+from itit.models.token_ids import EOS_ID
 
 
 @flax.struct.dataclass
@@ -369,3 +368,13 @@ def format_param_counts(counts):
   parts = ', '.join(f'{p} {counts[p] / 1e6:.2f}M' for p in PARTS)
   return (f'parameters: {counts["total"] / 1e6:.2f}M ({parts}; '
           f'{counts["total_without_text_encoder"] / 1e6:.2f}M without the text encoder)')
+
+
+def apply_method(model, params, rng, method, *args, deterministic: bool = True, **kwargs):
+  """`model.apply` of one ITIT method on the 'params' collection (boxed or unboxed).
+
+  rng: the 'dropout' key, used only when deterministic=False (training); None for inference.
+  """
+  rngs = None if rng is None else {'dropout': rng}
+  return model.apply({'params': params}, *args, deterministic=deterministic, method=method,
+                     rngs=rngs, **kwargs)

@@ -2,9 +2,10 @@
 
 A directory holds `config.json` and either `model.safetensors` or sharded
 `model-0000x-of-0000y.safetensors` with `model.safetensors.index.json`; `spiece.model`, when
-present, is the text tokenizer. Tensors are read with safetensors' numpy backend (no torch at run
-time), one at a time, encoder tensors only (a full T5ForConditionalGeneration checkpoint's decoder
-is never read). bfloat16 tensors, which numpy cannot hold, are widened from their raw bytes.
+present, is the text tokenizer (`itit.data.text_tokenizer.load_t5_tokenizer` reads it). Tensors
+are read with safetensors' numpy backend (no torch at run time), one at a time, encoder tensors
+only (a full T5ForConditionalGeneration checkpoint's decoder is never read). bfloat16 tensors,
+which numpy cannot hold, are widened from their raw bytes.
 
 The text encoder is frozen: `split_frozen` / `merge` separate its subtree ('text_encoder') from
 the trainable parameters, so it stays out of the optimizer state and the training checkpoints;
@@ -27,13 +28,11 @@ import numpy as np
 from safetensors import safe_open
 import tqdm
 
-from itit.data import text_tokenizer
 from itit.models import t5
 
 TEXT_ENCODER = 'text_encoder'
 SINGLE_FILE = 'model.safetensors'
 INDEX_FILE = 'model.safetensors.index.json'
-TOKENIZER_FILE = 'spiece.model'
 
 # Our text_encoder.t5 field -> (config.json key, transformers' T5Config default).
 CONFIG_FIELDS = {
@@ -245,23 +244,6 @@ def check_t5_identity(recorded, path):
         f"text_encoder.path={path} (sha256 {current['sha256'][:12]}) is not the T5 checkpoint this "
         f"run was trained with ({recorded['path']}, sha256 {recorded['sha256'][:12]}): point "
         'config.model.text_encoder.path at that directory')
-
-
-def load_t5_tokenizer(path, vocab_size) -> text_tokenizer.TextTokenizer:
-  """The directory's `spiece.model`, checked to fit an embedding of `vocab_size` rows.
-
-  T5's 32000 SentencePiece pieces (32100 with the sentinels) fit its 32128 padded rows; a
-  tokenizer with more pieces than rows would index past the table.
-  """
-  model_file = os.path.join(path, TOKENIZER_FILE)
-  if not os.path.exists(model_file):
-    raise FileNotFoundError(f'{model_file} not found: a T5 directory carries its SentencePiece '
-                            'model as spiece.model')
-  tokenizer = text_tokenizer.TextTokenizer.load(model_file)
-  if tokenizer.vocab_size > vocab_size:
-    raise ValueError(f'{model_file} has {tokenizer.vocab_size} pieces but the T5 embedding has '
-                     f'{vocab_size} rows: the tokenizer does not belong to this checkpoint')
-  return tokenizer
 
 
 def split_frozen(params, name=TEXT_ENCODER):

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from itit.models import layers
-
-PAD_ID = 0
+from itit.models.token_ids import PAD_ID
 
 
 def _log_bucket_starts(max_exact, num_log, max_distance):

@@ -1,0 +1,7 @@
+"""`python -m experiments.shapes_study [flags]`: runs the study (cli.py says what it does)."""
+import sys
+
+from experiments.shapes_study import cli
+
+if __name__ == '__main__':
+  sys.exit(cli.main())

@@ -1,0 +1,76 @@
+"""The shapes-world study's figures: accuracy curves of the scaling and sweep series, and the
+stacked cycle chains. matplotlib is imported only when a figure is drawn."""
+from __future__ import annotations
+
+import numpy as np
+
+from experiments.shapes_study import tables
+
+
+def scaling_plot(cells, results, path: str) -> str:
+  """OUT/scaling.png: caption and T2I accuracy against the extra scenes."""
+  return accuracy_plot(tables.scaling_series, cells, results, path,
+                       'extra training scenes beyond the paired set', log_x=False)
+
+
+def sweep_plot(cells, results, path: str) -> str:
+  """OUT/paired_sweep.png: rows 3 and 14 against the number of paired scenes."""
+  return accuracy_plot(tables.sweep_series, cells, results, path,
+                       'paired training scenes (row 14: every other training scene unpaired)',
+                       log_x=True)
+
+
+def accuracy_plot(series_fn, cells, results, path: str, xlabel: str, log_x: bool) -> str:
+  """Caption and T2I accuracy of `series_fn`'s curves: exact scenes (top) and graded figures
+  (below: teacher-forced caption tokens, T2I and caption colour, CIDEr), which still move at
+  budgets where exact scenes are rare; seen scenes solid, held-out dotted."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  panels = (('i2t_exact', 'captioning: exact-scene accuracy %'),
+            ('t2i_exact', 'T2I: exact-scene accuracy %'),
+            ('i2t_tf_valid_accuracy', 'captioning: teacher-forced valid-token accuracy %'),
+            ('t2i_color', 'T2I: objects of the right colour %'),
+            ('i2t_color', 'captioning: objects of the right colour %'),
+            ('i2t_cider', 'captioning: CIDEr-D x100'))
+  figure, axes = plt.subplots(3, 2, figsize=(11, 12.6))
+  axes = axes.ravel()
+  for ax, (metric, title) in zip(axes, panels):
+    for split, style in (('shapes', '-'), ('shapes_heldout_test', ':')):
+      series = series_fn(cells, results, f'{split}/{metric}')
+      for (name, points), color in zip(series.items(), ('C0', 'C1', 'C2')):
+        if points:
+          x, mean, std = (np.asarray(v) for v in zip(*points))
+          label = f'{name}, {"seen" if split == "shapes" else "held-out"} scenes'
+          ax.errorbar(x, mean, yerr=std, fmt='o' + style, color=color, label=label, capsize=3)
+    if log_x:
+      ax.set_xscale('log')
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=7)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+  return path
+
+
+def compose_figures(figures, target: str) -> str:
+  """Stacks [(title, png path)] into one PNG at the images' own resolution."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  images = [plt.imread(path) for _, path in figures]
+  # Inches at 100 dpi (pixels 1:1), at least 6 so the titles fit above narrow chains.
+  width = max(6.0, max(image.shape[1] for image in images) / 100)
+  heights = [image.shape[0] / 100 + 0.4 for image in images]  # + the title
+  figure, axes = plt.subplots(len(figures), 1, figsize=(width, sum(heights)), squeeze=False,
+                              gridspec_kw=dict(height_ratios=heights))
+  for ax, (title, _), image in zip(axes[:, 0], figures, images):
+    ax.imshow(image)
+    ax.set_title(title, fontsize=9)
+    ax.axis('off')
+  figure.tight_layout()
+  figure.savefig(target, dpi=100)
+  plt.close(figure)
+  return target

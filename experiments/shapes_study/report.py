@@ -1,0 +1,114 @@
+"""The shapes-world study's report in OUT: table2.md, the figures and README.md (the command,
+the machine, the date and links), rewritten from the kept results after every invocation."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+
+from experiments.shapes_study import commands
+from experiments.shapes_study import design
+from experiments.shapes_study import figures
+from experiments.shapes_study import plan
+from experiments.shapes_study import tables
+
+
+def machine() -> dict:
+  cpu = platform.processor() or platform.machine()
+  if os.path.isfile('/proc/cpuinfo'):
+    with open('/proc/cpuinfo') as f:
+      cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')),
+                 cpu)
+  return dict(platform=platform.platform(), cpu=cpu, cpu_count=os.cpu_count(),
+              python=platform.python_version())
+
+
+def describe_machine(info: dict) -> str:
+  return (f'{info.get("cpu", "?")}, {info.get("cpu_count", "?")} CPUs; '
+          f'{info.get("platform", "?")}; Python {info.get("python", "?")}')
+
+
+def write_report(cells, paths) -> str:
+  """table2.md, scaling.png and README.md in OUT from the kept results; returns README's path."""
+  results = tables.load_results(paths.out)
+  sweep_cells = [c for c in cells if c.paired_fraction is not None]
+  table_cells = [c for c in cells if c.extra in (0.0, 1.0) and c not in sweep_cells]
+  scaling_cells = [c for c in cells if c.extra not in (0.0, 1.0)]
+  notes = ('Mean ± sample standard deviation over seeds. "seen": the test split (scenes of the '
+           'training distribution); "held-out": scenes with an attribute combination no '
+           'training scene has. Exact: the generated caption / image parses to the source '
+           'scene. CIDEr-D x100 against 5 captions of the scene. T→I→T CIDEr and I→T→I '
+           'token accuracy / FID: round trips through the model on the test split (FID of the '
+           'round-trip images against the source images, Inception features).')
+  table = ('# Table 2 on the shapes world\n\n' + notes + '\n\n' +
+           tables.table_markdown(table_cells, results))
+  differences = tables.seed_differences_markdown(
+      [c for c in table_cells if c.extra == 1.0 and not c.as_pairs], results)
+  if differences:
+    table += ('\n## Against row 3 on the same seed\n\nEach cell minus row 3 trained with the '
+              'same seed (same initial parameters and paired batches), in points: mean ± std '
+              'over the seeds both have, and on how many of them the cell is ahead.\n\n'
+              + differences)
+  if any(c.name in results for c in scaling_cells):
+    table += '\n## Scaling cells (figure 5)\n\n' + tables.table_markdown(scaling_cells, results)
+  swept = any(c.name in results for c in sweep_cells)
+  if swept:
+    table += ('\n## Paired-fraction sweep\n\nRow 14 with more of the scenes paired (the rest '
+              'unpaired); row 3 on the same pairs is the as-pairs cell of that size above.\n\n'
+              + tables.table_markdown(sweep_cells, results))
+  with open(os.path.join(paths.out, 'table2.md'), 'w') as f:
+    f.write(table)
+  figures.scaling_plot(cells, results, os.path.join(paths.out, 'scaling.png'))
+  if swept:
+    figures.sweep_plot(cells, results, os.path.join(paths.out, 'paired_sweep.png'))
+  meta_path = os.path.join(paths.out, 'study.json')
+  meta = commands.read_json(meta_path) if os.path.isfile(meta_path) else {}
+  runs = [r for runs in results.values() for r in runs]
+  inside = paths.out.startswith(commands.REPO + os.sep)
+  shown_out = os.path.relpath(paths.out, commands.REPO) + '/' if inside else paths.out
+  lines = ['# The shapes-world study', '',
+           'Command (the whole plan; re-running it resumes): '
+           f'`{shlex.join(commands.STUDY_COMMAND)} --out '
+           f'{shown_out}{" --quick" if meta.get("mode") == "quick" else ""}`', '',
+           'Invocations so far (UTC; `--cells` / `--seeds` run part of the plan): '
+           + '; '.join(f'`{i}`' for i in meta.get('invocations', [meta.get('command', '?')])),
+           '',
+           f'Machine: {describe_machine(meta.get("machine", machine()))}', '',
+           f'Date: started {meta.get("started", "?")}; report written '
+           f'{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}; '
+           f'{len(runs)} runs, {sum(r["seconds"] for r in runs) / 60:.0f} min of training and '
+           'evaluation (runs timed across a resume count their last part only).', '',
+           f'Status: {len(runs)} of the plan\'s {sum(c.seeds for c in cells)} runs are finished'
+           + ('.' if len(runs) >= sum(c.seeds for c in cells) else
+              '; re-running the command continues the study where it stopped.'), '',
+           '- [table2.md](table2.md): the table',
+           ('- [scaling.png](scaling.png): the scaling curve (ITIT: cycles from step '
+            f'{dict(design.SCALING_RECIPE)["cycle.start_step"]}, the row-14 point beside it)'),
+           '- [cells/](cells/): every run\'s metrics, command and time']
+  if swept:
+    lines.append('- [paired_sweep.png](paired_sweep.png): rows 3 and 14 as the paired '
+                 'fraction grows')
+  if os.path.isfile(os.path.join(paths.out, 'cycle_chain.png')):
+    lines.append('- [cycle_chain.png](cycle_chain.png): T→I→T→I chains, row 3 vs row 14')
+  if os.path.isfile(os.path.join(paths.out, 'ANALYSIS.md')):  # written by hand, kept
+    lines.append('- [ANALYSIS.md](ANALYSIS.md): what the results say, and the diagnostics')
+  lines += ['', table.split('\n', 2)[2], '![scaling](scaling.png)', '']
+  if swept:
+    lines += ['![paired-fraction sweep](paired_sweep.png)', '']
+  if os.path.isfile(os.path.join(paths.out, 'cycle_chain.png')):
+    lines += ['![cycle chains](cycle_chain.png)', '',
+              'Cycle chains from the prompts (one per row of a chain): '
+              + '; '.join(f'"{p}"' for p in plan.CHAIN_PROMPTS) + '.', '']
+  lines += ['## Samples (first seed of each cell)', '']
+  for cell in cells:
+    if cell.name in results:
+      run = results[cell.name][0]['run']
+      grids = [g for g in commands.SAMPLE_GRIDS
+               if os.path.isfile(os.path.join(paths.out, 'samples', f'{run}_{g}.png'))]
+      lines.append(f'- {cell.name} ({cell.what}): ' + ', '.join(
+          f'[{g}](samples/{run}_{g}.png)' for g in grids))
+  readme = os.path.join(paths.out, 'README.md')
+  with open(readme, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return readme

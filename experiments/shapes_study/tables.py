@@ -1,0 +1,196 @@
+"""The shapes-world study's results as tables and curves: mean ± std over seeds, per-seed
+differences against row 3, and the series of the scaling curve and the paired-fraction sweep.
+
+Results are the runs' JSON files, OUT/cells/<cell>-seed<k>.json (`load_results`).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from configs import base
+from experiments.shapes_study import design
+
+# What the report shows of a run's metrics: (metric, column, scale); the scale turns fractions
+# into percent and CIDEr into the papers' "x100" numbers.
+METRICS = (
+    ('shapes/i2t_exact', 'caption exact % (seen)', 100.0),
+    ('shapes/i2t_cider', 'caption CIDEr (seen)', 100.0),
+    ('shapes/t2i_exact', 'T2I exact % (seen)', 100.0),
+    # Graded figures, for budgets where exact scenes stay rare (see docs/SHAPES.md).
+    ('shapes/i2t_tf_valid_accuracy', 'caption teacher-forced valid % (seen)', 100.0),
+    ('shapes/i2t_color', 'caption colour % (seen)', 100.0),
+    ('shapes/t2i_color', 'T2I colour % (seen)', 100.0),
+    ('shapes/t2i_shape', 'T2I shape % (seen)', 100.0),
+    ('shapes_heldout_test/i2t_exact', 'caption exact % (held-out)', 100.0),
+    ('shapes_heldout_test/i2t_cider', 'caption CIDEr (held-out)', 100.0),
+    ('shapes_heldout_test/t2i_exact', 'T2I exact % (held-out)', 100.0),
+    ('shapes_heldout_test/i2t_tf_valid_accuracy', 'caption teacher-forced valid % (held-out)',
+     100.0),
+    ('cycle/t2i2t_cider', 'T→I→T CIDEr', 100.0),
+    ('cycle/i2t2i_token_accuracy', 'I→T→I token acc %', 100.0),
+    ('cycle/i2t2i_fid', 'I→T→I FID', 1.0),
+)
+
+
+def load_results(out: str) -> dict[str, list[dict]]:
+  """{cell name: [run results, by seed]} from OUT/cells/*.json."""
+  folder = os.path.join(out, 'cells')
+  results = {}
+  for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+    if name.endswith('.json'):
+      with open(os.path.join(folder, name)) as f:
+        result = json.load(f)
+      results.setdefault(result['cell']['name'], []).append(result)
+  for runs in results.values():
+    runs.sort(key=lambda r: r['seed'])
+  return results
+
+
+def mean_std(values) -> tuple[float, float]:
+  """Mean and sample standard deviation (ddof=1; 0 for one value)."""
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def format_cell(values, scale: float) -> str:
+  if not values:
+    return '–'
+  mean, std = mean_std(np.asarray(values) * scale)
+  return f'{mean:.1f} ± {std:.1f}' if len(values) > 1 else f'{mean:.1f}'
+
+
+def _loss_marks(row: int) -> list[str]:
+  t2i, i2t, text, image = base.TABLE2_ROWS[row]
+  mark = lambda on: '✓' if on else ''
+  cycle = lambda loss, name: {name: '✓', f'{name}_half': 'half'}.get(loss, '')
+  return [mark(t2i), mark(i2t), mark(text == 't2t'), mark(image == 'i2i'),
+          cycle(text, 't2i2t'), cycle(image, 'i2t2i')]
+
+
+def table_markdown(cells, results) -> str:
+  """Table 2's layout: a row per cell, its losses as ✓ columns, then metrics mean ± std."""
+  header = (['cell', 'row', 'T2I', 'I2T', 'T2T', 'I2I', 'T2I2T', 'I2T2I', 'data', 'seeds']
+            + [label for _, label, _ in METRICS])
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * 10 + '---:|' * len(METRICS)]
+  for cell in cells:
+    runs = results.get(cell.name, [])
+    if not runs:
+      continue
+    pairs, extra = runs[0].get('paired_records', '?'), runs[0].get('extra_scenes', 0)
+    data = f'{pairs} pairs' + (f' + {extra} unpaired' if extra and not cell.as_pairs else '')
+    values = [format_cell([r['metrics'][m] for r in runs if m in r['metrics']], scale)
+              for m, _, scale in METRICS]
+    lines.append('| ' + ' | '.join([cell.name, str(cell.row)] + _loss_marks(cell.row)
+                                   + [data, str(len(runs))] + values) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+# The figures `seed_differences_markdown` compares with row 3 (all higher-is-better).
+DIFFERENCE_METRICS = (
+    ('shapes/i2t_tf_valid_accuracy', 'caption teacher-forced valid', 100.0),
+    ('shapes/i2t_color', 'caption colour', 100.0),
+    ('shapes/i2t_cider', 'caption CIDEr', 100.0),
+    ('shapes/t2i_color', 'T2I colour', 100.0),
+    ('shapes/t2i_shape', 'T2I shape', 100.0),
+    ('shapes_heldout_test/i2t_cider', 'caption CIDEr (held-out)', 100.0),
+)
+
+
+def seed_differences_markdown(cells, results, reference: str = 'row3',
+                              metrics=DIFFERENCE_METRICS) -> str:
+  """Each cell minus `reference` on the SAME seed: mean ± std of the differences, and on how
+  many seeds the cell is ahead ("2/3").
+
+  Cells trained on the reference's data with the same seed start from its initial parameters
+  and read its paired batches in its order (row 14 with a cycle warm-up is bitwise row 3 until
+  the cycles join), so a per-seed difference removes the seed's own luck, which the separate
+  means of `table_markdown` keep. Cells without a seed in common with the reference are left
+  out. Returns '' when no cell has one.
+  """
+  by_seed = {r['seed']: r['metrics'] for r in results.get(reference, [])}
+  header = ['cell', 'seeds'] + [label for _, label, _ in metrics]
+  lines = []
+  for cell in cells:
+    runs = [r for r in results.get(cell.name, []) if r['seed'] in by_seed]
+    if cell.name == reference or not runs:
+      continue
+    values = []
+    for metric, _, scale in metrics:
+      diffs = [scale * (r['metrics'][metric] - by_seed[r['seed']][metric]) for r in runs
+               if metric in r['metrics'] and metric in by_seed[r['seed']]]
+      if not diffs:
+        values.append('–')
+        continue
+      mean, std = mean_std(diffs)
+      spread = f' ± {std:.1f}' if len(diffs) > 1 else ''
+      values.append(f'{mean:+.1f}{spread} ({sum(d > 0 for d in diffs)}/{len(diffs)})')
+    lines.append('| ' + ' | '.join([cell.name, ','.join(str(r['seed']) for r in runs)]
+                                   + values) + ' |')
+  if not lines:
+    return ''
+  return '\n'.join(['| ' + ' | '.join(header) + ' |', '|---|---|' + '---:|' * len(metrics)]
+                   + lines) + '\n'
+
+
+SCALING_SERIES = ('ITIT, cycles from step 400 (extra scenes unpaired)',
+                  'baseline (extra scenes as pairs)',
+                  'ITIT, cycles from step 0 (row 14)')
+
+
+def scaling_series(cells, results, metric: str) -> dict[str, list[tuple[int, float, float]]]:
+  """{series: [(extra scenes, mean, std)]} of SCALING_SERIES, by x.
+
+  The first two curves start at the pairs-only cell (row 3, no extra data); ITIT's points are
+  the row-14 cells trained with design.SCALING_RECIPE, the baseline's the as-pairs cells;
+  row-14 cells without overrides form the third series. Other variants and sweep cells are not
+  on the curve.
+  """
+  itit, pairs, from_step0 = SCALING_SERIES
+  series = {name: [] for name in SCALING_SERIES}
+  for cell in cells:
+    runs = [r for r in results.get(cell.name, []) if metric in r['metrics']]
+    if not runs or cell.paired_fraction is not None:
+      continue
+    point = (runs[0]['extra_scenes'], *mean_std([r['metrics'][metric] * 100 for r in runs]))
+    if cell.row == 3 and cell.extra == 0 and not cell.overrides:
+      targets = [itit, pairs]
+    elif cell.row == 14 and not cell.as_pairs and cell.overrides == design.SCALING_RECIPE:
+      targets = [itit]
+    elif cell.row == 14 and not cell.as_pairs and not cell.overrides:
+      targets = [from_step0]
+    elif cell.row == 3 and cell.as_pairs and not cell.overrides:
+      targets = [pairs]
+    else:
+      continue
+    for target in targets:
+      series[target].append(point)
+  return {name: sorted(points) for name, points in series.items()}
+
+
+SWEEP_SERIES = ('pairs only (row 3)', 'ITIT (row 14): the other training scenes unpaired')
+
+
+def sweep_series(cells, results, metric: str) -> dict[str, list[tuple[int, float, float]]]:
+  """The paired-fraction sweep: {series: [(paired scenes, mean, std)]}, by x. Row-3 cells are
+  the pairs-only curve, full-data row-14 cells the ITIT curve; both end at the all-paired cell,
+  where no scene is left to be unpaired."""
+  series = {name: [] for name in SWEEP_SERIES}
+  for cell in cells:
+    runs = [r for r in results.get(cell.name, []) if metric in r['metrics']]
+    if not runs or cell.overrides:
+      continue
+    point = (runs[0]['paired_records'], *mean_std([r['metrics'][metric] * 100 for r in runs]))
+    if cell.row == 3 and cell.as_pairs and cell.extra == 1.0:
+      targets = list(series)
+    elif cell.row == 3:
+      targets = [SWEEP_SERIES[0]]
+    elif cell.row == 14 and cell.extra == 1.0 and not cell.as_pairs:
+      targets = [SWEEP_SERIES[1]]
+    else:
+      continue
+    for target in targets:
+      series[target].append(point)
+  return {name: sorted(points) for name, points in series.items()}

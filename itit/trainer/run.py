@@ -1,0 +1,40 @@
+"""A finished or running training workdir, read back: its config, model and parameters, and the
+flags every diagnostic over one run shares."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import ml_collections
+
+from itit.models import itit as itit_model
+from itit.models import t5_loader
+from itit.trainer import checkpointing
+
+
+def load_run(workdir: str, step: int | None = None):
+  """(config, model, full params, step) of a training workdir's checkpoint."""
+  config_path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f'{config_path} is missing: --workdir must be an itit.train workdir')
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  params, step = checkpointing.load_params(workdir, step)
+  if config.model.text_encoder.kind == 't5':  # the frozen encoder is not in the checkpoint
+    frozen = t5_loader.load_t5_params(config.model.text_encoder.path,
+                                      config.model.text_encoder.t5)
+    params = t5_loader.merge(params, frozen)
+  return config, itit_model.ITIT(config.model), params, step
+
+
+def run_argument_parser(doc: str) -> argparse.ArgumentParser:
+  """An argparse parser for a diagnostic script over one run's split: --workdir, --step,
+  --split, --num_examples, --seed; `doc`'s first paragraph is its description."""
+  parser = argparse.ArgumentParser(description=doc.split('\n\n')[0])
+  parser.add_argument('--workdir', required=True, help='an itit.train workdir')
+  parser.add_argument('--step', type=int, default=None, help='checkpoint (default latest)')
+  parser.add_argument('--split', default='test', help="a prepared split of the run's data")
+  parser.add_argument('--num_examples', type=int, default=256)
+  parser.add_argument('--seed', type=int, default=0)
+  return parser
