@@ -12,6 +12,11 @@ from configs import base
 
 
 def get_config(arg=None):
+  return itit_config(arg, 'configs/shapes.py')
+
+
+def itit_config(arg, config_file):
+  """This file's model, CPU schedule and presets; configs/folder.py shares them."""
   config = base.paper_config()
   config.model.update(dict(
       image_grid=8,  # 8x8 = 64 image tokens
@@ -43,7 +48,7 @@ def get_config(arg=None):
   # paper's 24 for 256 tokens (benchmarks/bench_cycle.py measures the cost).
   config.cycle.synthesis_steps = 8
   _cpu_schedule(config)
-  base.get_itit_config(config, arg, 'configs/shapes.py', {'quick': _quick})
+  base.get_itit_config(config, arg, config_file, {'quick': _quick})
   cycles = (config.loss.unpaired_text_loss.startswith('t2i2t')
             or config.loss.unpaired_image_loss.startswith('i2t2i'))
   if cycles and config.eval_every:

@@ -37,12 +37,19 @@ def get_config(arg=None):
       patch_mlp_depth=2,
   ))
   # 'shapes': scenes of the built-in shapes world rendered on the fly; 'folder': every image
-  # under data.dir (recursively), the last data.num_eval files (sorted) held out for evaluation.
+  # under data.dir (recursively). Held out for evaluation (itit/vqgan_training/data.py): the
+  # images of eval_dir if set, else those of data.dir in the heldout_fraction split (by file
+  # name, the split configs/prepare_folder.py makes), else the last num_eval files (sorted);
+  # num_eval also caps the first two. Images with a short side below min_size are skipped
+  # ('too_small'), larger ones resized (up or down) to model.image_size.
   config.data = ml_collections.ConfigDict(dict(
       source='folder',
       dir='',
-      max_objects=2,
+      eval_dir='',
+      heldout_fraction=0.0,
       num_eval=1000,
+      min_size=64,
+      max_objects=2,
   ))
   # MaskGIT trains with Adam(b1=0, b2=0.99) at 1e-4.
   config.optimizer = ml_collections.ConfigDict(dict(

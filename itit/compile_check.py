@@ -34,6 +34,7 @@ from itit.losses import registry
 from itit.models import itit as itit_model
 from itit.models import t5_loader
 from itit.trainer import checkpointing
+from itit.trainer import config_check
 from itit.trainer import optimizer as optimizer_lib
 from itit.trainer import partitioning
 from itit.trainer import state as state_lib
@@ -57,11 +58,12 @@ DEVICE_MEMORY_GIB = {'TPUv3 16 GB': 16 * 1e9 / GIB, 'H100 80 GB': 80 * 1e9 / GIB
 def parse_mesh(text: str) -> dict:
   sizes = text.split(',')
   if len(sizes) != 3:
-    raise ValueError(f'--mesh={text!r}: give data,fsdp,tensor sizes, e.g. --mesh=1,64,1')
+    raise errors.UserError(f'--mesh={text!r}: give data,fsdp,tensor sizes, e.g. --mesh=1,64,1')
   try:
     return dict(zip(partitioning.MESH_AXES, (int(s) for s in sizes)))
   except ValueError:
-    raise ValueError(f'--mesh={text!r}: sizes must be integers, e.g. --mesh=1,64,1') from None
+    raise errors.UserError(
+        f'--mesh={text!r}: sizes must be integers, e.g. --mesh=1,64,1') from None
 
 
 def abstract_batch(config, streams, sharding) -> dict:
@@ -96,8 +98,9 @@ def check(config: ml_collections.ConfigDict, mesh, *, compile_step: bool = True,
   for stream in train_data.STREAMS:
     size = config.batch[stream]
     if size % data_parallel:
-      raise ValueError(f'batch.{stream}={size} does not divide by the data-parallel size '
-                       f'{data_parallel} (mesh data x fsdp); set --config.batch.{stream}')
+      raise errors.UserError(f'batch.{stream}={size} does not divide by the data-parallel '
+                             f'size {data_parallel} (mesh data x fsdp); set '
+                             f'--config.batch.{stream}')
   rules = partitioning.logical_rules(config)
   model = itit_model.ITIT(config.model)
   loss_fns = registry.make_loss_fns(config, model)
@@ -176,15 +179,16 @@ def main(argv):
   if config is None:
     raise app.UsageError('--config is required, e.g. --config=configs/vit_b.py')
   config = config.copy_and_resolve_references()
+  config_check.check_model(config)
   mesh_config = parse_mesh(_MESH.value) if _MESH.value else config.mesh
   if _COMPILE.value:
     # Fake the target's device count on the host CPU; must precede any device query.
     jax.config.update('jax_platforms', 'cpu')
     jax.config.update('jax_num_cpu_devices', _DEVICES.value)
     if jax.device_count() != _DEVICES.value:
-      raise SystemExit(f'error: asked for {_DEVICES.value} devices but JAX has '
-                       f'{jax.device_count()}: unset XLA_FLAGS=--xla_force_host_platform_'
-                       f'device_count or make it match --devices')
+      raise errors.UserError(f'asked for {_DEVICES.value} devices but JAX has '
+                             f'{jax.device_count()}: unset XLA_FLAGS=--xla_force_host_platform_'
+                             f'device_count or make it match --devices')
     mesh = partitioning.make_mesh(mesh_config)
   else:
     mesh = partitioning.abstract_mesh(mesh_config, _DEVICES.value)
@@ -199,4 +203,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run_app(main)

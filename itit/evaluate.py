@@ -9,8 +9,9 @@ Reads the run's config.json and checkpoint (latest, or --step), and the VQGAN an
 model that made its data. The evaluator settings are `itit.evaluation.default_config()`, updated
 by the run's `eval` block, updated by `--config.*` flags. Writes DIR/eval/<step>.json (metrics,
 notes, settings; metrics of earlier calls at the same step are kept unless recomputed), a
-Markdown table DIR/eval/<step>.md, and for coco_captions the captions in COCO's results format
-DIR/eval/<step>_coco_captions.json.
+Markdown table DIR/eval/<step>.md, for coco_captions the captions in COCO's results format
+DIR/eval/<step>_coco_captions.json, and for folder (a captioned test folder of your own images,
+`--config.folder.images=DATA/test`) its generated captions DIR/eval/<step>_folder_captions.jsonl.
 """
 from __future__ import annotations
 
@@ -63,10 +64,11 @@ def main(argv):
                         out_dir=args.out)
   print(report.markdown_table(os.path.abspath(args.workdir), result['step'], result['metrics'],
                        result['notes']))
-  print('Wrote ' + ', '.join(result[k] for k in ('json', 'markdown', 'coco_captions')
-                             if k in result))
+  print('Wrote ' + ', '.join(result[k] for k in ('json', 'markdown', 'coco_captions',
+                                                 'folder_captions') if k in result))
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  errors.run_app(main, outputs=lambda: [flags.FLAGS.out or flags.FLAGS.workdir and os.path.join(
+      flags.FLAGS.workdir, 'eval')])

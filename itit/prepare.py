@@ -55,6 +55,23 @@ def stream_records(stream_config, *, image_size: int, min_image_size: int,
       yield record
 
 
+def refuse_empty(records: Iterator[sources.Record], name: str, stream_config,
+                 skips: sources.SkipCounter, min_image_size: int) -> Iterator[sources.Record]:
+  """`records` unchanged; a stream that yields none raises SourceError with its skip counts."""
+  count = 0
+  for record in records:
+    count += 1
+    yield record
+  if count:
+    return
+  hint = ''
+  if skips.counts['too_small']:
+    hint = (f'; images with a short side below min_image_size={min_image_size} are skipped: '
+            'lower --config.min_image_size (smaller images are then upscaled to image_size)')
+  raise sources.SourceError(f'stream {name} ({stream_config.source}) has no usable record: '
+                            f'{skips.summary()}{hint}')
+
+
 def dedup_images(tokenize):
   """Tokenizes each distinct image of a batch once (COCO repeats an image for its 5 captions)."""
 
@@ -72,43 +89,54 @@ def dedup_images(tokenize):
 
 
 def _text_tokenizer(config, out_dir: str) -> tuple[TextTokenizer, str]:
-  """(tokenizer, path of its .model): the configured one, or one trained on the corpus."""
-  if config.text_tokenizer:
-    return TextTokenizer.load(config.text_tokenizer), config.text_tokenizer
+  """(tokenizer, path of its .model) when config.text_tokenizer is empty: the one in `out_dir`
+  of an earlier run, or one trained on the corpus and saved there."""
   model_path = os.path.join(out_dir, 'spiece.model')
   if os.path.isfile(model_path):
     return TextTokenizer.load(model_path), model_path
   if config.text_corpus == 'shapes':
     texts = shapes.caption_corpus(seed=config.get('shapes_seed', 0))
   else:
+    skips = sources.SkipCounter()
     texts = [r.text for r in sources.text_files(source_registry.glob_paths(config.text_corpus),
-                                                skips=sources.SkipCounter())]
+                                                skips=skips)]
+    if not texts:
+      raise sources.SourceError(f'text_corpus={config.text_corpus!r} holds no usable text to '
+                                f'train the SentencePiece model on: {skips.summary()}')
   print(f'Training a {config.text_vocab_size}-piece SentencePiece model on {len(texts)} texts.')
   return TextTokenizer.train(texts, model_path, config.text_vocab_size), model_path
 
 
 def prepare(config: ml_collections.ConfigDict, out_dir: str) -> dict:
-  """Writes every configured stream; returns {stream: {'records': n, 'skipped': {...}}}."""
+  """Writes every configured stream; returns {stream: {'records': n, 'skipped': {...}}}.
+
+  The tokenizers given are loaded (and checked) before `out_dir` is created.
+  """
+  needs_images = any(s.kind != 'text' for s in config.streams.values())
+  image_tokenizer, image_identity = None, None
+  if needs_images:
+    if not config.image_tokenizer:
+      raise errors.UserError('config.image_tokenizer is empty: pass the workdir of a trained '
+                             'VQGAN (python -m itit.train_tokenizer) as '
+                             '--config.image_tokenizer=DIR')
+    params, vq_config = vqgan.load_tokenizer(config.image_tokenizer)
+    if vq_config.image_size != config.image_size:
+      raise errors.UserError(
+          f'the VQGAN in {config.image_tokenizer} takes {vq_config.image_size}px images but '
+          f'config.image_size is {config.image_size}: set --config.image_size='
+          f'{vq_config.image_size} or pass a VQGAN of {config.image_size}px images')
+    image_tokenizer = dedup_images(vqgan.tokenizer_fn(params, vq_config, config.batch_size))
+    image_identity = {'kind': 'vqgan', 'sha256': vq_config.sha256,
+                      'codebook_size': int(vq_config.codebook_size),
+                      'grid_size': int(vqgan.grid_size(vq_config))}
+  given_text = config.text_tokenizer and (TextTokenizer.load(config.text_tokenizer),
+                                          config.text_tokenizer)
   os.makedirs(out_dir, exist_ok=True)
   splits = None
   if any(s.source == 'shapes' for s in config.streams.values()):
     splits = shapes.make_splits(config.shapes.seed, paired_fraction=config.shapes.paired_fraction,
                                 num_train=config.shapes.num_train, num_test=config.shapes.num_test)
-  text_tokenizer, text_tokenizer_path = _text_tokenizer(config, out_dir)
-  needs_images = any(s.kind != 'text' for s in config.streams.values())
-  image_tokenizer, image_identity = None, None
-  if needs_images:
-    if not config.image_tokenizer:
-      raise ValueError('config.image_tokenizer is empty: pass the workdir of a trained VQGAN '
-                       '(python -m itit.train_tokenizer) as --config.image_tokenizer=DIR')
-    params, vq_config = vqgan.load_tokenizer(config.image_tokenizer)
-    if vq_config.image_size != config.image_size:
-      raise ValueError(f'the VQGAN in {config.image_tokenizer} takes {vq_config.image_size}px '
-                       f'images but config.image_size is {config.image_size}')
-    image_tokenizer = dedup_images(vqgan.tokenizer_fn(params, vq_config, config.batch_size))
-    image_identity = {'kind': 'vqgan', 'sha256': vq_config.sha256,
-                      'codebook_size': int(vq_config.codebook_size),
-                      'grid_size': int(vqgan.grid_size(vq_config))}
+  text_tokenizer, text_tokenizer_path = given_text or _text_tokenizer(config, out_dir)
   summary = {}
   for name, stream_config in sorted(config.streams.items()):
     skips = sources.SkipCounter()
@@ -120,8 +148,10 @@ def prepare(config: ml_collections.ConfigDict, out_dir: str) -> dict:
     print(f'Stream {name} ({kind}, from {stream_config.source}):', flush=True)
     manifest = shards.write_shards(
         os.path.join(out_dir, name),
-        stream_records(stream_config, image_size=config.image_size,
-                       min_image_size=config.min_image_size, skips=skips, shapes_splits=splits),
+        refuse_empty(stream_records(stream_config, image_size=config.image_size,
+                                    min_image_size=config.min_image_size, skips=skips,
+                                    shapes_splits=splits),
+                     name, stream_config, skips, config.min_image_size),
         image_tokenizer=image_tokenizer if kind != 'text' else None,
         text_tokenizer=text_tokenizer if kind != 'image' else None,
         max_text_len=config.max_text_len, identities=identities,
@@ -147,8 +177,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _CONFIG.value is None or _OUT_DIR.value is None:
     raise app.UsageError('--config and --out_dir are required')
-  errors.exit_on_user_error(lambda: prepare(_CONFIG.value, _OUT_DIR.value),
-                            also=(sources.SourceError,))
+  prepare(_CONFIG.value, _OUT_DIR.value)
   # Every shard and manifest is closed by now. One run in six on the 2-core sandbox segfaulted
   # in native teardown after this point (no Python frame left), which a shell script sees as a
   # failed prepare; leave without running the native destructors.
@@ -158,4 +187,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=errors.parse_flags)
+  errors.run_app(main, outputs=lambda: [_OUT_DIR.value], also=(sources.SourceError,))

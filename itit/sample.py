@@ -5,7 +5,11 @@ r"""Images from prompts, captions from images, and T->I->T->I cycle chains from 
 
 Reads the run's config.json and latest checkpoint (or --step), and the VQGAN and SentencePiece
 model that made its data. Writes into --out (default DIR/samples): t2i.png (each image with its
-prompt under it), captions.jsonl, cycle.png (one chain per prompt), and prints where they are.
+prompt under it) and, beside it, t2i/000.png, 001.png, ... (each generated image at the VQGAN's
+resolution) with t2i/captions.jsonl ({"image": "000.png", "caption": prompt} per line);
+captions.jsonl (the captions of --images: {"image": file name, "caption": ...} per line);
+cycle.png (one chain per prompt); and prints where they are. Both captions files are captioned
+image folders as `itit.prepare` (configs/prepare_folder.py) and the `folder` evaluator read them.
 """
 from __future__ import annotations
 
@@ -15,7 +19,6 @@ import os
 from absl import app
 from absl import flags
 import jax
-import ml_collections
 import numpy as np
 
 from itit.data import images as images_lib
@@ -23,9 +26,8 @@ from itit.decoding import generate
 from itit import errors
 from itit.evaluation import common as evaluation_common
 from itit.evaluation import visualize
-from itit.models import itit as itit_model
 from itit.models import vqgan
-from itit.trainer import checkpointing
+from itit.trainer import run as run_lib
 
 _WORKDIR = errors.string_flag('workdir', 'A training workdir (config.json + checkpoints/).')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default the latest.')
@@ -45,10 +47,7 @@ class Sampler:
   """A trained run's model, parameters and tokenizers, with batched generation helpers."""
 
   def __init__(self, workdir: str, step: int | None = None, *, image_kwargs=None, beam_size=4):
-    with open(os.path.join(workdir, 'config.json')) as f:
-      self.config = ml_collections.ConfigDict(json.load(f))
-    self.model = itit_model.ITIT(self.config.model)
-    self.params, self.step = checkpointing.load_params(workdir, step)
+    self.config, self.model, self.params, self.step = run_lib.load_run(workdir, step)
     shard_dir = os.path.join(self.config.data.dir, self.config.data.test)
     self.text_tokenizer, (vq_params, self.vq_config) = evaluation_common.stream_tokenizers(
         shard_dir)
@@ -81,16 +80,33 @@ class Sampler:
     return rows
 
 
+def write_captioned_folder(folder: str, images: np.ndarray, captions) -> str:
+  """Writes images [B, H, W, 3] as FOLDER/000.png, ... and FOLDER/captions.jsonl; returns it."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  os.makedirs(folder, exist_ok=True)
+  width = max(3, len(str(len(images) - 1)))
+  path = os.path.join(folder, 'captions.jsonl')
+  with open(path, 'w') as f:
+    for index, (image, caption) in enumerate(zip(images, captions)):
+      name = f'{index:0{width}d}.png'
+      Image.fromarray(np.asarray(image, np.uint8)).save(os.path.join(folder, name))
+      f.write(json.dumps({'image': name, 'caption': caption}) + '\n')
+  return path
+
+
 def _folder_images(folder: str, size: int) -> tuple[list[str], np.ndarray]:
   names, images = [], []
   for name in sorted(os.listdir(folder)):
+    if not name.lower().endswith(images_lib.IMAGE_EXTENSIONS):
+      continue  # a captioned folder's captions.jsonl, notes, ...
     try:
       images.append(images_lib.load_image(os.path.join(folder, name), size=size, min_size=1))
       names.append(name)
     except (images_lib.BadInput, IsADirectoryError) as e:
       print(f'skipping {name}: {getattr(e, "reason", e)}')
   if not images:
-    raise SystemExit(f'error: no readable image in {folder}')
+    raise errors.UserError(f'no readable image in {folder} (pass a folder of .png or .jpg '
+                           'images as --images)')
   return names, np.stack(images)
 
 
@@ -106,11 +122,14 @@ def main(argv):
       prompts += [line.strip() for line in f if line.strip()]
   if not prompts and not _IMAGES.value:
     raise app.UsageError('give --prompt, --prompts or --images')
-  out = _OUT.value or os.path.join(_WORKDIR.value, 'samples')
-  os.makedirs(out, exist_ok=True)
+  if _IMAGES.value and not os.path.isdir(_IMAGES.value):
+    raise errors.MissingFileError(f'--images={_IMAGES.value} is not a folder: pass a folder of '
+                                  'images to caption')
   sampler = Sampler(_WORKDIR.value, _STEP.value, beam_size=_BEAM.value,
                     image_kwargs=dict(num_steps=_STEPS.value, guidance_scale=_GUIDANCE.value,
                                       temperature=_TEMPERATURE.value))
+  out = _OUT.value or os.path.join(_WORKDIR.value, 'samples')
+  os.makedirs(out, exist_ok=True)
   rng = jax.random.PRNGKey(_SEED.value)
   written = []
   if prompts:
@@ -119,6 +138,7 @@ def main(argv):
     from PIL import Image
     Image.fromarray(visualize.captioned_grid(images, prompts)).save(path)
     written.append(path)
+    written.append(write_captioned_folder(os.path.join(out, 't2i'), images, prompts))
     if _CYCLE.value:
       rows = sampler.cycle(prompts, _CYCLE.value, jax.random.fold_in(rng, 1))
       path = os.path.join(out, 'cycle.png')
@@ -136,4 +156,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run_app(main, outputs=lambda: [_OUT.value or _WORKDIR.value and os.path.join(
+      _WORKDIR.value, 'samples')])

@@ -25,8 +25,8 @@ def main(argv):
   if _WORKDIR.value is None or _CONFIG.value is None:
     raise app.UsageError('--config and --workdir are required')
   distributed.initialize()
-  errors.exit_on_user_error(lambda: loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value))
+  loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=errors.parse_flags)
+  errors.run_app(main, outputs=lambda: [_WORKDIR.value])

@@ -43,6 +43,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   train_files, eval_files = (vqgan_data.image_files(config) if config.data.source == 'folder'
                              else (None, None))
+  if train_files is not None:  # refuse a folder with no usable image now, not in the loop
+    vqgan_data.check_train_files(config, train_files)
   feature_net = None
   if config.loss.perceptual_weight:
     feature_net = losses.load_feature_net(config.loss.perceptual_weights)
@@ -125,4 +127,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  errors.run_app(main, outputs=lambda: [_WORKDIR.value])

@@ -14,8 +14,6 @@ import glob
 import os
 import signal
 
-from absl import app
-
 from itit import errors
 from itit import train
 from itit.trainer import checkpointing
@@ -57,4 +55,4 @@ if __name__ == '__main__':
     _sigterm_at_batch(int(os.environ['ITIT_SIGTERM_AT_BATCH']))
   if os.environ.get('ITIT_KILL_AFTER_SAVE'):
     _kill_after_save(int(os.environ['ITIT_KILL_AFTER_SAVE']))
-  app.run(train.main, flags_parser=errors.parse_flags)
+  errors.run_app(train.main)

@@ -1,9 +1,12 @@
 """The evaluators' parts that need no model: FID on few images, FID-30K pairs, settings, output."""
 import json
 import os
+import types
 
 import jax
+import ml_collections
 import numpy as np
+from PIL import Image
 import pytest
 import scipy.linalg
 
@@ -14,6 +17,7 @@ from itit import evaluation
 from itit.evaluation import coco_captions
 from itit.evaluation import coco_fid
 from itit.evaluation import common
+from itit.evaluation import folder
 from itit.evaluation.metrics import fid
 from itit.evaluation import report
 
@@ -159,3 +163,78 @@ def test_results_are_merged_per_step_and_tabled(tmp_path):
   assert '| coco | num_images | 5000 |' in table
   assert '| coco_fid | fid | 12.2500 |' in table
   assert table.endswith('- note b\n')
+
+
+PALETTE = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [220, 220, 40]], np.uint8)
+COLOURS = ['red', 'green', 'blue', 'yellow']
+
+
+def _folder_context(tmp_path, inception):
+  """A captioned folder of 4 colours and a stand-in model that captions and draws them exactly."""
+  images = tmp_path / 'test'
+  (images / 'sub').mkdir(parents=True)
+  lines = []
+  for index, name in enumerate(COLOURS):
+    relpath = f'sub/{name}.png' if index == 3 else f'{name}.png'
+    Image.new('RGB', (20, 20), tuple(int(v) for v in PALETTE[index])).save(images / relpath)
+    lines.append({'image': relpath, 'caption': f'a {name} square'})
+  lines.append({'file': 'red.png', 'text': 'a square that is red'})
+  (images / 'captions.jsonl').write_text(''.join(json.dumps(line) + '\n' for line in lines))
+  captions = [f'a {name} square' for name in COLOURS]
+  tokenizer = TextTokenizer.train(captions * 10, tmp_path / 'sp.model', vocab_size=30)
+  caption_ids = tokenizer.encode(captions, 8)
+  colour_of = lambda pixels: np.abs(pixels.reshape(len(pixels), -1, 3).mean(1)[:, None]
+                                    - PALETTE[None]).sum(-1).argmin(-1)
+  tokens_to_images = lambda tokens: PALETTE[np.asarray(tokens)[:, 0]][:, None, None].repeat(
+      32, 1).repeat(32, 2)
+  text_to_colour = lambda ids: np.array([COLOURS.index(t.split()[1]) for t in tokenizer.decode(
+      np.asarray(ids))])
+  eval_config = evaluation.merged_config(None, dict(
+      batch_size=2, use_java=False,
+      folder=dict(images=str(images), beam_size=1, metrics='CIDEr,BLEU-4')))
+  extractor = None
+  if inception:
+    extractor = lambda x: np.concatenate([x.mean((1, 2)), x.std((1, 2))[:, :1]], 1)
+  return types.SimpleNamespace(
+      eval_config=eval_config, config=ml_collections.ConfigDict(dict(model=dict(max_text_len=8))),
+      vq_config=types.SimpleNamespace(image_size=32), text_tokenizer=tokenizer,
+      tokenize_images=lambda x: np.repeat(colour_of(np.asarray(x, np.float32))[:, None], 4, 1),
+      detokenize=tokens_to_images,
+      captioner=lambda beam: lambda params, tokens: (caption_ids[np.asarray(tokens)[:, 0]], None),
+      image_sampler=lambda: lambda params, ids, rng: np.repeat(text_to_colour(ids)[:, None], 4, 1),
+      extractor=lambda: extractor)
+
+
+def test_folder_evaluator_scores_a_captioned_folder_in_both_directions(tmp_path):
+  context = _folder_context(tmp_path, inception=True)
+  evaluator = folder.FolderEval(context)
+  assert evaluator.names == ['blue.png', 'green.png', 'red.png', 'sub/yellow.png']
+  assert evaluator.references[2] == ['a red square', 'a square that is red']
+  results = evaluator.run(None)
+  assert results['folder/num_images'] == 4.0
+  assert results['folder/i2t2i_token_accuracy'] == 1.0
+  assert results['folder/CIDEr'] > 1.0 and results['folder/t2i2t_cider'] > 1.0
+  assert 0.0 < results['folder/BLEU-4'] <= 1.0
+  # The stand-in model draws the folder's own colours: FID against them is 0.
+  assert abs(results['folder/fid']) < 1e-2 and abs(results['folder/i2t2i_fid']) < 1e-2
+  assert evaluator.predictions['sub/yellow.png'] == 'a yellow square'
+  assert set(evaluator.images) == {'folder_t2i', 'folder_i2t'}
+
+  # Without eval.inception: CIDEr still, and the notes say FID was skipped.
+  evaluator = folder.FolderEval(_folder_context(tmp_path / 'no_fid', inception=False))
+  results = evaluator.run(None)
+  assert 'folder/CIDEr' in results and not any('fid' in name for name in results)
+  assert any(n.startswith('folder: FID skipped: eval.inception is empty') for n in evaluator.notes)
+  assert 'folder' in evaluation.NAMES
+
+
+def test_folder_evaluator_refuses_a_folder_it_cannot_score(tmp_path):
+  with pytest.raises(ValueError, match='eval.folder.images=.* is not a directory'):
+    folder.read_folder(str(tmp_path / 'missing'), size=32)
+  Image.new('RGB', (8, 8)).save(tmp_path / 'a.png')
+  with pytest.raises(ValueError, match='holds no captions.jsonl or captions.tsv'):
+    folder.read_folder(str(tmp_path), size=32)
+  (tmp_path / 'captions.jsonl').write_text(json.dumps({'path': 'a.png', 'caption': 'x'}) + '\n')
+  with pytest.raises(ValueError, match=r'no usable captioned image \(skipped 2 inputs: '
+                     r'bad_line 1 .*missing_caption 1'):
+    folder.read_folder(str(tmp_path), size=32)

@@ -7,8 +7,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import prepare_folder
 from configs import prepare_shapes
 from itit.data import shards
+from itit.data import sources
 from itit.models import vqgan
 from itit import prepare
 
@@ -101,3 +103,58 @@ def test_dedup_images_tokenizes_each_image_once():
   tokens = prepare.dedup_images(tokenize)(images)
   assert calls == [2]
   np.testing.assert_array_equal(tokens[:, 0], [1, 1, 2, 1, 2])
+
+
+def _small_captioned_folder(root, side):
+  folder = root / 'pairs'
+  folder.mkdir(parents=True)
+  with open(folder / 'captions.jsonl', 'w') as f:
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+      Image.new('RGB', (side, side), colour).save(folder / f'{i}.png')
+      f.write(json.dumps({'image': f'{i}.png', 'caption': f'a plain square number {i}'}) + '\n')
+  return folder
+
+
+def test_a_stream_left_empty_is_refused_with_its_skip_counts(shapes_vqgan_dir, tmp_path):
+  folder = _small_captioned_folder(tmp_path, 16)
+  config = ml_collections.ConfigDict(dict(
+      image_tokenizer=shapes_vqgan_dir, text_tokenizer='',
+      text_corpus=str(folder / 'captions.jsonl'), text_vocab_size=40, max_text_len=16,
+      image_size=32, min_image_size=32, records_per_shard=10, batch_size=4,
+      shapes=dict(seed=0, paired_fraction=0.0, num_train=0, num_test=0),
+      streams={'paired': dict(source='image_folder', kind='paired', images=str(folder),
+                              captions=str(folder / 'captions.jsonl'))}))
+  with pytest.raises(sources.SourceError) as refused:
+    prepare.prepare(config, str(tmp_path / 'out'))
+  message = str(refused.value)
+  assert message.startswith('stream paired (image_folder) has no usable record: skipped 3 '
+                            'inputs: too_small 3 (e.g. ')
+  assert 'lower --config.min_image_size' in message and '\n' not in message
+  # Allowed down to 16 px, the 16 px squares are upscaled to the VQGAN's 32.
+  config.min_image_size = 16
+  assert prepare.prepare(config, str(tmp_path / 'out'))['paired'] == {'records': 3,
+                                                                      'skipped': {}}
+
+
+def test_the_folder_config_reads_the_layout_and_holds_out_by_fraction(tmp_path):
+  with pytest.raises(ValueError, match=r'configs/prepare_folder.py: .* has no pairs/ folder'):
+    prepare_folder.get_config(str(tmp_path))
+  pairs = _small_captioned_folder(tmp_path, 32)
+  (tmp_path / 'texts.txt').write_text('a text without an image\n')
+  config = prepare_folder.get_config(str(tmp_path))
+  assert sorted(config.streams) == ['paired', 'test', 'unpaired_text']
+  assert config.streams.paired.to_dict() == dict(
+      source='image_folder', kind='paired', images=str(pairs),
+      captions=str(pairs / 'captions.jsonl'), heldout_fraction=0.1, part='train')
+  assert config.streams.test.part == 'heldout'
+  assert config.text_corpus == f'{pairs / "captions.jsonl"},{tmp_path / "texts.txt"}'
+  config.heldout_fraction = 0.5  # as --config.heldout_fraction=0.5 does: both streams follow
+  assert config.streams.paired.heldout_fraction == config.streams.test.heldout_fraction == 0.5
+  # A test/ folder of its own replaces the held-out part; images/ adds the unpaired images.
+  test = _small_captioned_folder(tmp_path / 'test_root', 32)
+  os.rename(test, tmp_path / 'test')
+  (tmp_path / 'images').mkdir()
+  config = prepare_folder.get_config(str(tmp_path))
+  assert sorted(config.streams) == ['paired', 'test', 'unpaired_image', 'unpaired_text']
+  assert config.streams.test.images == str(tmp_path / 'test')
+  assert 'part' not in config.streams.paired and config.min_image_size == config.image_size

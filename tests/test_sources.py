@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from itit.data import records
 from itit.data import sources
 from itit.data.sources import BadInput
 from itit.data import webdataset
@@ -476,6 +477,50 @@ def test_image_folder_without_captions(tmp_path):
   assert skips.counts == {'corrupt_image': 1, 'too_small': 1, 'empty_file': 1}
   with pytest.raises(sources.SourceError, match='not a directory'):
     list(sources.image_folder(tmp_path / 'nope', skips=skips))
+
+
+def test_image_folder_captions_take_the_image_key_that_itit_sample_writes(tmp_path):
+  folder = tmp_path / 'images'
+  for name, color in (('a.png', RED), ('b.png', GREEN), ('sub/c.png', BLUE)):
+    write(folder / name, solid(color))
+  lines = [{'image': 'a.png', 'caption': 'red'}, {'file': 'b.png', 'text': 'green'},
+           {'image': 'sub/c.png', 'text': 'blue'}, {'path': 'a.png', 'caption': 'wrong key'}]
+  write(folder / 'captions.jsonl', ''.join(json.dumps(line) + '\n' for line in lines))
+  skips = sources.SkipCounter()
+  records = list(sources.image_folder(folder, captions=folder / 'captions.jsonl', size=SIZE,
+                                      min_size=MIN, skips=skips))
+  assert [(r.key, r.text) for r in records] == [
+      ('a.png/0', 'red'), ('b.png/0', 'green'), ('sub/c.png/0', 'blue')]
+  assert skips.counts == {'bad_line': 1}
+  # A file of wrong keys says, in its skip summary alone, which keys a line needs.
+  assert 'captions.jsonl:4 (needs {"file" or "image": relative path' in skips.summary()
+
+
+def test_image_folder_heldout_parts_are_disjoint_and_chosen_by_file_name(tmp_path):
+  folder = tmp_path / 'images'
+  names = [f'{i:02d}.png' for i in range(40)]
+  for name in names:
+    write(folder / name, solid(RED))
+
+  def part(name, fraction=0.25):
+    return [r.key for r in sources.image_folder(folder, size=SIZE, min_size=MIN, part=name,
+                                                heldout_fraction=fraction,
+                                                skips=sources.SkipCounter())]
+
+  train, heldout = part('train'), part('heldout')
+  assert sorted(train + heldout) == names and not set(train) & set(heldout)
+  assert heldout == [n for n in names if records.is_heldout(n, 0.25)] and 4 <= len(heldout) <= 16
+  write(folder / 'new.png', solid(RED))  # a new file moves no other file between the parts
+  assert [n for n in part('heldout') if n != 'new.png'] == heldout
+  with pytest.raises(ValueError, match='heldout_fraction'):
+    part('heldout', fraction=0.0)
+
+
+def test_text_files_read_the_caption_column_of_a_tsv(tmp_path):
+  tsv = write(tmp_path / 'captions.tsv', 'a.png\ta red square\nno tab\n\nsub/b.png\tgreen\n')
+  skips = sources.SkipCounter()
+  assert [r.text for r in sources.text_files([tsv], skips=skips)] == ['a red square', 'green']
+  assert skips.counts == {'bad_line': 1, 'empty_text': 1}
 
 
 def test_text_files(tmp_path):

@@ -1,7 +1,12 @@
-"""Tests for itit/train_tokenizer.py and itit/vqgan_training/: resume, restarts, loss terms."""
+"""Tests for itit/train_tokenizer.py and itit/vqgan_training/: resume, restarts, loss terms, and
+image folders that cannot feed a run (too small, unreadable, empty), refused at start in one line
+and never looped over."""
 import json
 import os
 import shutil
+import subprocess
+import sys
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +14,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
+import conftest
 from configs import vqgan_shapes
+from itit import errors
 from itit import train_tokenizer
+from itit.data import records
+from itit.data import sources
 from itit.vqgan_training import data as vqgan_data
 from itit.vqgan_training import losses
 from itit.vqgan_training import step as vqgan_step
@@ -171,3 +180,95 @@ def test_error_weighted_restarts_seed_only_from_badly_coded_outputs():
   assert hits >= 10
   with pytest.raises(ValueError, match='restart_sampling'):
     losses.restart_dead_codes(codebook, counts, features, jax.random.PRNGKey(0), 1, 'x')
+
+
+def write_pngs(folder, count, side, prefix=''):
+  os.makedirs(folder, exist_ok=True)
+  rng = np.random.default_rng(count + side)
+  for i in range(count):
+    pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(os.path.join(folder, f'{prefix}{i:02d}.png'))
+  return str(folder)
+
+
+def test_too_small_images_are_refused_at_start_in_one_line_or_upscaled(tmp_path):
+  config = tiny_config(write_pngs(tmp_path / 'small', 6, 16))
+  config.data.update(dict(num_eval=2, min_size=32))
+  with pytest.raises(errors.UserError) as refused:
+    train_tokenizer.train_and_evaluate(config, str(tmp_path / 'run'))
+  message = str(refused.value)
+  assert '\n' not in message
+  assert 'no usable training image' in message and 'too_small 4' in message
+  assert 'lower --config.data.min_size (now 32)' in message
+  # Below the model's size but not below data.min_size: upscaled.
+  config.data.min_size = 16
+  config.model.image_size = 32
+  train_files, eval_files = vqgan_data.image_files(config)
+  assert vqgan_data.train_batch(config, 0, train_files).shape == (4, 32, 32, 3)
+  assert vqgan_data.eval_set(config, eval_files)[0].shape == (2, 32, 32, 3)
+
+
+def test_an_unusable_held_out_set_is_refused_with_counts_by_reason(image_dir, tmp_path):
+  held = tmp_path / 'held'
+  write_pngs(held, 1, 8)
+  (held / 'broken.png').write_bytes(b'not a png')
+  config = tiny_config(image_dir)
+  config.data.update(dict(eval_dir=str(held), min_size=16))
+  with pytest.raises(errors.UserError, match=r'no usable held-out image among 2 files: skipped 2 '
+                     r'inputs: not_image 1 .*too_small 1 .*data.min_size'):
+    train_tokenizer.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_a_batch_that_cannot_be_filled_fails_instead_of_spinning(tmp_path):
+  config = tiny_config(write_pngs(tmp_path / 'small', 3, 8))
+  config.data.min_size = 16
+  files = sorted(str(p) for p in (tmp_path / 'small').iterdir())
+  outcome = []
+
+  def draw():
+    try:
+      vqgan_data.train_batch(config, 3, files)
+    except errors.UserError as e:
+      outcome.append(str(e))
+
+  thread = threading.Thread(target=draw, daemon=True)
+  thread.start()
+  thread.join(timeout=60)
+  assert not thread.is_alive(), 'train_batch kept drawing files'
+  limit = vqgan_data.MAX_DRAWS_PER_IMAGE * config.batch_size
+  assert outcome and outcome[0].startswith(f'step 3: {limit} files drawn')
+  assert f'too_small {limit}' in outcome[0]
+
+
+def test_held_out_images_never_train_and_match_prepare(tmp_path):
+  root = tmp_path / 'data'
+  write_pngs(root, 30, 16)
+  write_pngs(root / 'test', 3, 16)
+  config = tiny_config(root)
+  config.data.update(dict(eval_dir=str(root / 'test'), min_size=16, num_eval=0))
+  with pytest.raises(errors.UserError, match='lies inside data.dir'):
+    vqgan_data.image_files(config)
+  # By fraction: the files itit.prepare holds out of the same folder (records.is_heldout).
+  config.data.update(dict(eval_dir='', heldout_fraction=0.3))
+  train, held_out = vqgan_data.image_files(config)
+  relative = lambda paths: sorted(os.path.relpath(p, root).replace(os.sep, '/') for p in paths)
+  prepared = [r.key for r in sources.image_folder(root, size=16, min_size=16, part='heldout',
+                                                  heldout_fraction=0.3,
+                                                  skips=sources.SkipCounter())]
+  assert relative(held_out) == prepared
+  assert all(records.is_heldout(r, 0.3) for r in prepared)
+  assert not set(relative(train)) & set(prepared) and len(train) + len(held_out) == 33
+
+
+def test_the_command_line_refuses_too_small_images_in_one_line(tmp_path):
+  """The reported hang: 24px images, configs/vqgan_folder.py (min_size 32); SIGTERM is handled
+  by the command, so only finishing by itself counts (the timeout kills, it does not stop)."""
+  folder = write_pngs(tmp_path / 'garments', 8, 24)
+  result = subprocess.run(
+      [sys.executable, '-m', 'itit.train_tokenizer', '--config=configs/vqgan_folder.py',
+       f'--workdir={tmp_path / "run"}', f'--config.data.dir={folder}'],
+      cwd=conftest.REPO, env=conftest.repo_env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: no usable training image') and 'too_small' in last, (
+      result.stderr[-2000:])

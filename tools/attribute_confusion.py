@@ -17,6 +17,7 @@ import os
 
 import jax
 
+from itit import errors
 from itit.data import shapes
 from itit.data import shapes_parse
 from itit.evaluation import scenes
@@ -87,4 +88,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  main()
+  errors.run_command(main)

@@ -17,15 +17,14 @@ state dicts through `torch.load(weights_only=True)`, so no arbitrary pickled obj
 """
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
-import sys
 import warnings
 import zipfile
 
 import numpy as np
 
+from itit import errors
 from itit.evaluation.metrics import inception
 
 # default_1.pt's module names for pytorch-fid's. Stem convolutions:
@@ -169,19 +168,19 @@ def convert_file(input_path: str, output_path: str) -> dict:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = errors.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--input', required=True,
                       help='default_1.pt or pt_inception-2015-12-05-*.pth')
   parser.add_argument('--output', required=True, help='the .npz to write, e.g. inception_fid.npz')
   args = parser.parse_args(argv)
   try:
     flat = convert_file(args.input, args.output)
-  except (OSError, ValueError) as e:
-    sys.exit(f'convert_inception: {e}')
+  except (OSError, ValueError) as e:  # an unreadable or unexpected file: the user's input
+    raise errors.UserError(errors.one_line(e)) from None
   digest = inception.params_digest(inception.load_params(args.output))
   print(f'wrote {args.output}: {len(flat)} arrays, '
         f'{sum(v.size for v in flat.values()):,} parameters, digest {digest}')
 
 
 if __name__ == '__main__':
-  main()
+  errors.run_command(main)

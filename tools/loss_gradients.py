@@ -108,9 +108,8 @@ def main(argv):
   errors.quiet_library_logs()
   if not args.workdir:
     raise app.UsageError('--workdir is required')
+  run_lib.check_workdir(args.workdir)
   steps = checkpointing.all_steps(args.workdir)
-  if not steps:
-    raise app.UsageError(f'{args.workdir} has no checkpoints: train first (python -m itit.train)')
   rows = run_summaries(args.workdir, steps, args.batches)
   print(format_table(rows))
   if args.out:
@@ -121,4 +120,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  errors.run_app(main)

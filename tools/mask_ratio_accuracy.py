@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from itit import errors
 from itit.data import shards
 from itit.models.itit import ITIT
 from itit.models import masking
@@ -96,4 +97,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  main()
+  errors.run_command(main)

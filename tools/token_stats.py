@@ -17,10 +17,10 @@ is a floor for what a T2I model that has learnt the tokens' local composition pr
 masked object token with its neighbours in view (tools.mask_ratio_accuracy at ratio 0.05),
 overall and by the size and shape of the object a token shows (`object_labels`).
 """
-import argparse
 
 import numpy as np
 
+from itit import errors
 from itit.data import shapes
 from itit.models import vqgan
 
@@ -106,7 +106,7 @@ def object_labels(scenes, patches) -> np.ndarray:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = errors.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--vqgan', required=True, help='an itit.train_tokenizer workdir')
   parser.add_argument('--num_scenes', type=int, default=500)
   parser.add_argument('--num_train', type=int, default=20000,
@@ -153,4 +153,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  errors.run_command(main)

@@ -11,7 +11,6 @@ TRACE_DIR is what `jax.profiler.trace(TRACE_DIR)` wrote (the newest `*.trace.jso
 read). Device lines are those of processes whose name contains "/device:" (GPU/TPU); on a CPU
 trace, where there are none, host threads are summarised instead.
 """
-import argparse
 import collections
 import glob
 import gzip
@@ -19,6 +18,8 @@ import json
 import os
 import re
 import sys
+
+from itit import errors
 
 # Order matters: the first matching pattern names the category.
 CATEGORIES = (
@@ -45,7 +46,8 @@ def find_trace(path):
     return path
   files = glob.glob(os.path.join(path, '**', '*.trace.json.gz'), recursive=True)
   if not files:
-    raise FileNotFoundError(f'no *.trace.json.gz under {path}')
+    raise errors.MissingFileError(f'no *.trace.json.gz under {path}: pass the directory given to '
+                                  'jax.profiler.trace, or a .trace.json.gz file')
   return max(files, key=os.path.getmtime)
 
 
@@ -124,7 +126,7 @@ def print_summary(summary, top=12):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = errors.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('trace', help='directory given to jax.profiler.trace, or a .trace.json.gz')
   parser.add_argument('--out', default='', help='write the summary JSON here')
   parser.add_argument('--top', type=int, default=30, help='operations kept per line')
@@ -144,4 +146,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(errors.run_command(main))

@@ -2,6 +2,7 @@
 import sys
 
 from experiments.shapes_study import cli
+from itit import errors
 
 if __name__ == '__main__':
-  sys.exit(cli.main())
+  sys.exit(errors.run_command(cli.main))

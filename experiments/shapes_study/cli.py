@@ -19,8 +19,8 @@ last checkpoint. Logs of every step: WORK/logs/. CELLS and BUDGETS in plan.py ar
 """
 from __future__ import annotations
 
-import argparse
 import datetime
+import functools
 import os
 import shlex
 import sys
@@ -31,6 +31,7 @@ from experiments.shapes_study import design
 from experiments.shapes_study import execute
 from experiments.shapes_study import plan
 from experiments.shapes_study import report
+from itit import errors
 from itit.data import shards
 from itit.trainer import metric_writer
 
@@ -38,8 +39,8 @@ duration = metric_writer.format_duration
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(prog=shlex.join(commands.STUDY_COMMAND),
-                                   description=__doc__.split('\n\n')[0])
+  parser = errors.ArgumentParser(prog=shlex.join(commands.STUDY_COMMAND),
+                                 description=__doc__.split('\n\n')[0])
   parser.add_argument('--out', required=True, help='results folder (README, table, plots)')
   parser.add_argument('--work', help='scratch: VQGAN, shards, runs, logs (default OUT/work)')
   parser.add_argument('--vqgan', help='a trained itit.train_tokenizer workdir to reuse')
@@ -53,6 +54,8 @@ def parse_args(argv):
 
 
 def main(argv=None, runner=execute.run_command, log=print) -> int:
+  # Errors go to stderr, as every command's do (itit/errors.py), unless a caller collects them.
+  fail = functools.partial(print, file=sys.stderr, flush=True) if log is print else log
   args = parse_args(sys.argv[1:] if argv is None else argv)
   budget = plan.BUDGETS['quick' if args.quick else 'default']
   cells = design.make_cells(plan.CELLS)
@@ -60,13 +63,13 @@ def main(argv=None, runner=execute.run_command, log=print) -> int:
   try:
     runs = design.plan_runs(cells, names, args.seeds or (1 if args.quick else None))
   except ValueError as e:
-    log(f'error: {e}')
+    fail(f'error: {e}')
     return 2
   out = os.path.abspath(args.out)
   work = os.path.abspath(args.work or os.path.join(out, 'work'))
   paths = commands.Paths(out, work, os.path.abspath(args.vqgan or os.path.join(work, 'vqgan')))
   if args.vqgan and not os.path.isdir(paths.vqgan):
-    log(f'error: --vqgan={args.vqgan} is not a folder: pass the workdir of a trained '
+    fail(f'error: --vqgan={args.vqgan} is not a folder: pass the workdir of a trained '
         'itit.train_tokenizer run, or leave --vqgan out to train one')
     return 1
   if args.report_only:
@@ -100,7 +103,7 @@ def main(argv=None, runner=execute.run_command, log=print) -> int:
   meta = commands.read_json(meta_path) if os.path.isfile(meta_path) else {}
   changed = commands.budget_changes(meta.get('budget'), budget)
   if changed:
-    log(f'error: {out} holds a study run with another budget ({"; ".join(changed)}); its '
+    fail(f'error: {out} holds a study run with another budget ({"; ".join(changed)}); its '
         'finished cells would be mixed with new ones. Use another --out, or delete its '
         'cells/, work/runs/ and study.json to start over.')
     return 1
@@ -109,7 +112,7 @@ def main(argv=None, runner=execute.run_command, log=print) -> int:
                                                      design.cell_counts(run.cell, budget),
                                                      bool(fid_source))]
   if drift:
-    log(f'error: the configs have changed since runs in {out} started ({"; ".join(drift[:6])}'
+    fail(f'error: the configs have changed since runs in {out} started ({"; ".join(drift[:6])}'
         f'{"; ..." if len(drift) > 6 else ""}); new runs would not be comparable with them. '
         'Pin the old value in the study\'s budget or a cell\'s overrides, or start over in '
         'another --out.')
@@ -144,7 +147,7 @@ def main(argv=None, runner=execute.run_command, log=print) -> int:
         'command to resume.')
     return 130
   except commands.StudyError as e:
-    log(f'error: {e}')
+    fail(f'error: {e}')
     return 1
   finally:
     if own_cache:

@@ -15,7 +15,9 @@ counts everything else:
 - Animated images: the first frame.
 - Decompression bombs: the header's width * height is checked against `max_pixels` before any pixel
   is decoded ('too_large'); PIL's own bomb error maps to the same reason.
-- Tiny images: a short side below `min_size` is 'too_small' (upscaling them gives blur, not data).
+- Tiny images: a short side below `min_size` is 'too_small' (upscaling them gives blur, not data);
+  from `min_size` up to `size` an image is upscaled. Every command that reads raw images has it
+  as a config field: prepare's `min_image_size`, the tokenizer's `data.min_size`.
 - Large JPEGs are decoded at a reduced DCT scale (`draft`) that leaves the short side at least
   2 * `size`, so the bicubic antialiased downscale still does the final (>= 2x) step: about 2x
   faster on a 2048x1536 photo, pixels within 4/255 (mean 0.2) of a full-resolution decode.

@@ -7,6 +7,7 @@ them from.
 """
 import collections
 import dataclasses
+import hashlib
 import os
 import posixpath
 import re
@@ -45,15 +46,17 @@ class SkipCounter:
   Attributes:
     counts: reason -> number of skipped inputs.
     examples: reason -> up to `max_examples` places (path, path:line, tar:member) skipped for it.
+    log: whether the first skip of each reason is logged (a warning).
   """
 
-  def __init__(self, max_examples=3):
+  def __init__(self, max_examples=3, log=True):
     self.counts = collections.Counter()
     self.examples = collections.defaultdict(list)
     self.max_examples = max_examples
+    self.log = log
 
   def skip(self, reason, where):
-    if not self.counts[reason]:
+    if self.log and not self.counts[reason]:
       logging.warning('skipping %s (%s); further ones are counted', where, reason)
     self.counts[reason] += 1
     if len(self.examples[reason]) < self.max_examples:
@@ -119,6 +122,20 @@ def safe_relpath(name):
     return None
   normalised = posixpath.normpath(name)
   return None if normalised in ('.', '') else normalised
+
+
+def is_heldout(relpath, fraction):
+  """Whether the file `relpath` (relative POSIX path) falls in a held-out split of `fraction`.
+
+  Decided by the file's own name (the first 8 bytes of its sha256 as a number in [0, 1)), not
+  by its position in a listing: adding, removing or moving other files never moves a file
+  between the splits, and `itit.train_tokenizer` and `itit.prepare` given the same folder and
+  fraction hold out exactly the same files.
+  """
+  if fraction <= 0:
+    return False
+  digest = hashlib.sha256(relpath.encode('utf-8', 'surrogatepass')).digest()
+  return int.from_bytes(digest[:8], 'big') / 2.0**64 < fraction
 
 
 @dataclasses.dataclass(frozen=True)

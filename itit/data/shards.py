@@ -5,7 +5,8 @@ A shard folder holds `shard-00000.array_record`, `shard-00001.array_record`, ...
 uint16 [h*w], `text_ids` int32 [max_text_len], or both) as raw little-endian bytes concatenated
 in the manifest's order, so a batch of records decodes with one `np.frombuffer` (no pickle).
 
-The manifest records the field layout, record counts (per shard and total), the identities of
+The manifest records the field layout, record counts (per shard and total), each shard's size
+in bytes (itit/data/shard_files.py tells a truncated file from a damaged one), the identities of
 the tokenizers that made the tokens (their sha256), the config that made them and whether the
 write completed. Tokens from a different VQGAN or SentencePiece model are meaningless to a
 model trained on others, so readers check identities before training starts.
@@ -22,12 +23,12 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from array_record.python.array_record_module import ArrayRecordReader
 from array_record.python.array_record_module import ArrayRecordWriter
 import flax.traverse_util
 import numpy as np
 import tqdm
 
+from itit.data import shard_files
 from itit.data.text_tokenizer import TextTokenizer
 from itit import errors
 
@@ -40,9 +41,6 @@ MANIFEST_NAME = 'manifest.json'
 # otherwise). Uncompressed: snappy / zstd saved ~15% (text padding; tokens barely compress) and
 # slowed random reads.
 _WRITER_OPTIONS = 'group_size:1,uncompressed'
-# Random reads: no read-ahead; max_parallelism:1 keeps a read call from being split over
-# ArrayRecord's thread pool, which measured faster on one core.
-_READER_OPTIONS = 'readahead_buffer_size:0,max_parallelism:1'
 _IMAGE_TOKEN_DTYPE = np.dtype('<u2')
 
 
@@ -127,24 +125,8 @@ class ShardDataSource:
     self._open_readers()
 
   def _open_readers(self):
-    self._readers = []
-    for shard in self.manifest['shards']:
-      path = os.path.join(self.shard_dir, shard['file'])
-      if not os.path.exists(path):
-        raise errors.MissingFileError(f'token shard {path} is missing (listed in the manifest): '
-                                      'copy the whole shard folder, or re-make the shards')
-      try:
-        reader = ArrayRecordReader(path, _READER_OPTIONS)
-        num_records = reader.num_records()
-      except (RuntimeError, OSError, ValueError) as e:
-        raise errors.CorruptFileError(
-            f'token shard {path} cannot be opened ({" ".join(str(e).split())}): the file is '
-            'damaged; re-make the shards (python -m itit.prepare) or copy it again') from None
-      if num_records != shard['num_records']:
-        raise errors.CorruptFileError(
-            f'token shard {path} holds {num_records} records but the manifest says '
-            f'{shard["num_records"]}: the file was replaced or truncated; re-make the shards')
-      self._readers.append(reader)
+    self._readers = [shard_files.open_reader(os.path.join(self.shard_dir, shard['file']), shard)
+                     for shard in self.manifest['shards']]
 
   def __getstate__(self):
     # Readers are native handles: pickled sources (grain worker processes) reopen them.
@@ -262,7 +244,7 @@ class _ShardWriter:
     path = self._path()
     os.replace(path + '.tmp', path)
     self._manifest['shards'].append({
-        'file': os.path.basename(path), 'num_records': self._count,
+        'file': os.path.basename(path), 'num_records': self._count, 'bytes': os.path.getsize(path),
         'first_key': self._keys[0], 'last_key': self._keys[1]})
     self._manifest['num_records'] += self._count
     write_json_atomic(os.path.join(self._out_dir, MANIFEST_NAME), self._manifest)

@@ -23,11 +23,19 @@ Reader = Callable[..., Iterable[sources.Record]]
 
 
 def glob_paths(pattern: str) -> list[str]:
-  """The files matching `pattern`, sorted; raises SourceError when there is none."""
-  found = sorted(glob.glob(pattern))
-  if not found:
-    raise sources.SourceError(f'no file matches {pattern!r}: check the path in the prepare config')
-  return found
+  """The files matching `pattern`, sorted; raises SourceError when there is none.
+
+  Several patterns may be joined by ',' ('texts/*.txt,pairs/captions.jsonl'): the files of
+  each, in that order, each pattern's sorted, a file matched twice kept once.
+  """
+  found = {}  # an ordered set
+  for part in (p.strip() for p in pattern.split(',')):
+    matches = sorted(glob.glob(part)) if part else []
+    if not matches:
+      raise sources.SourceError(f'no file matches {part!r}: check the path in the prepare '
+                                'config')
+    found.update(dict.fromkeys(matches))
+  return list(found)
 
 
 def _read_shapes(stream_config, *, image_size, min_image_size, skips, shapes_splits):
@@ -62,9 +70,13 @@ def _read_webdataset(stream_config, *, image_size, min_image_size, skips, shapes
 
 def _read_image_folder(stream_config, *, image_size, min_image_size, skips, shapes_splits):
   del shapes_splits
+  # heldout_fraction + part ('train' / 'heldout'): one folder split into training and test
+  # streams by file name (sources.image_folder).
   return sources.image_folder(stream_config.images,
                               captions=stream_config.get('captions') or None,
-                              size=image_size, min_size=min_image_size, skips=skips)
+                              size=image_size, min_size=min_image_size, skips=skips,
+                              heldout_fraction=stream_config.get('heldout_fraction', 0.0),
+                              part=stream_config.get('part', 'all'))
 
 
 def _read_text_files(stream_config, *, image_size, min_image_size, skips, shapes_splits):

@@ -36,6 +36,7 @@ from itit.data.images import center_crop_resize
 from itit.data.images import load_image
 from itit.data.records import clean_text
 from itit.data.records import DEFAULT_MAX_CHARS
+from itit.data.records import is_heldout
 from itit.data.records import Loader
 from itit.data.records import Record
 from itit.data.records import safe_relpath
@@ -222,15 +223,20 @@ def karpathy_references(dataset_coco_json, *, split, skips=None, max_chars=DEFAU
   return references
 
 
-def _list_images(folder):
-  """Relative POSIX paths of the images below `folder`, sorted; folder links are not followed."""
-  found = []
+def _list_images(folder, skips):
+  """Relative POSIX paths of the images below `folder`, sorted. Folder links are not followed;
+  a file link leading outside `folder` is skipped as 'unsafe_path' (nothing outside is read)."""
+  root, found = os.path.realpath(folder), []
   for directory, subdirectories, files in os.walk(folder):
     subdirectories.sort()
     for file_name in files:
-      if file_name.lower().endswith(images_lib.IMAGE_EXTENSIONS):
-        relpath = os.path.relpath(os.path.join(directory, file_name), folder)
-        found.append(relpath.replace(os.sep, '/'))
+      path = os.path.join(directory, file_name)
+      if not file_name.lower().endswith(images_lib.IMAGE_EXTENSIONS):
+        continue
+      if os.path.islink(path) and os.path.commonpath([root, os.path.realpath(path)]) != root:
+        skips.skip('unsafe_path', path)
+      else:
+        found.append(os.path.relpath(path, folder).replace(os.sep, '/'))
   return sorted(found)
 
 
@@ -241,9 +247,11 @@ def _parse_caption_line(line, jsonl):
       entry = json.loads(line)
     except ValueError:
       raise BadInput('bad_json') from None
-    if not isinstance(entry, dict) or not isinstance(entry.get('file'), str):
-      raise BadInput('bad_line', 'needs {"file": relative path, "text": caption}')
-    file_name, caption = entry['file'], entry.get('text', entry.get('caption'))
+    file_name = entry.get('file', entry.get('image')) if isinstance(entry, dict) else None
+    if not isinstance(file_name, str):
+      raise BadInput('bad_line', 'needs {"file" or "image": relative path, '
+                                 '"text" or "caption": caption}')
+    caption = entry.get('text', entry.get('caption'))
   else:
     if '\t' not in line:
       raise BadInput('bad_line', 'needs relative path<TAB>caption')
@@ -274,26 +282,31 @@ def _read_captions(captions, skips):
           skips.skip('bad_utf8', where)
           continue
         except BadInput as e:
-          skips.skip(e.reason, where)
+          skips.skip(e.reason, f'{where} ({e.detail})' if e.detail else where)  # what it needs
           continue
         by_file[relpath].append(caption)
   except OSError as e:
     raise SourceError(f'captions file {captions} is not readable ({e}): pass a JSONL '
-                      '({"file": ..., "text": ...}) or TSV (path<TAB>caption) file') from None
+                      '({"file" or "image": ..., "text" or "caption": ...}) or TSV '
+                      '(path<TAB>caption) file') from None
   return by_file
 
 
 def image_folder(folder, *, skips, captions=None, size=256,
-                 min_size=images_lib.DEFAULT_MIN_SIZE, max_chars=DEFAULT_MAX_CHARS):
+                 min_size=images_lib.DEFAULT_MIN_SIZE, max_chars=DEFAULT_MAX_CHARS,
+                 heldout_fraction=0.0, part='all'):
   """Images found recursively below `folder`, optionally captioned.
 
   Args:
     folder: the image folder (.jpg .jpeg .png .webp .gif .bmp .tif .tiff, any case).
     skips: SkipCounter.
-    captions: optional JSONL ({"file": relative path, "text" or "caption": ...}; by extension
-      .jsonl/.json/.ndjson) or TSV (relative path<TAB>caption) file; several lines may caption
-      the same image.
+    captions: optional JSONL ({"file" or "image": relative path, "text" or "caption": ...}; by
+      extension .jsonl/.json/.ndjson) or TSV (relative path<TAB>caption) file; several lines
+      may caption the same image.
     size, min_size, max_chars: as in `coco_captions`.
+    heldout_fraction, part: which images to read: part 'all' every one; 'train' those outside,
+      'heldout' those inside the held-out split of `heldout_fraction` (`records.is_heldout`:
+      decided by each file's relative path, so the two parts never share an image).
 
   Yields:
     Without captions: Records keyed by relative path, text None. With captions: one Record per
@@ -301,8 +314,13 @@ def image_folder(folder, *, skips, captions=None, size=256,
     'missing_caption', captions of absent images as 'missing_file'. Sorted by relative path.
   """
   _require_dir(folder, 'image folder')
+  if part not in ('all', 'train', 'heldout') or (part != 'all' and not 0 < heldout_fraction < 1):
+    raise SourceError(f"image_folder {folder}: part {part!r} needs heldout_fraction in (0, 1), "
+                      f"got {heldout_fraction} (part 'all' reads every image)")
   load = Loader(size, min_size, max_chars)
-  relpaths = _list_images(folder)
+  wanted = lambda relpath: part == 'all' or is_heldout(relpath, heldout_fraction) == (
+      part == 'heldout')
+  relpaths = [relpath for relpath in _list_images(folder, skips) if wanted(relpath)]
   if captions is None:
     for relpath in relpaths:
       try:
@@ -311,6 +329,7 @@ def image_folder(folder, *, skips, captions=None, size=256,
         skips.skip(e.reason, os.path.join(folder, relpath))
     return
   by_file = _read_captions(captions, skips)
+  by_file = {relpath: texts for relpath, texts in by_file.items() if wanted(relpath)}
   for relpath in relpaths:
     path = os.path.join(folder, relpath)
     if relpath not in by_file:
@@ -336,10 +355,12 @@ def _lines(f, max_bytes=2**20):
 
 
 def text_files(paths, *, skips, min_chars=1, max_chars=DEFAULT_MAX_CHARS):
-  """Texts from plain-text files (one per line) or JSONL files ({"text"} or {"caption"} per line).
+  """Texts from plain-text files (one per line), JSONL files ({"text"} or {"caption"} per line)
+  or TSV captions files (path<TAB>caption per line: the caption).
 
   Args:
-    paths: the files, read in the given order; .jsonl/.json/.ndjson are JSONL, others plain text.
+    paths: the files, read in the given order; .jsonl/.json/.ndjson are JSONL, .tsv TSV, others
+      plain text. A captions file of an image folder is thus also a text corpus.
     skips: SkipCounter; blank lines count as 'empty_text'.
     min_chars: shortest accepted text.
     max_chars: longest accepted text.
@@ -352,6 +373,7 @@ def text_files(paths, *, skips, min_chars=1, max_chars=DEFAULT_MAX_CHARS):
       skips.skip('missing_file', path)
       continue
     jsonl = path.lower().endswith(('.jsonl', '.json', '.ndjson'))
+    tsv = path.lower().endswith('.tsv')
     try:
       with open(path, 'rb') as f:
         for line_number, raw in enumerate(_lines(f, max(2**20, 8 * max_chars)), start=1):
@@ -360,6 +382,10 @@ def text_files(paths, *, skips, min_chars=1, max_chars=DEFAULT_MAX_CHARS):
             if raw is None:
               raise BadInput('text_too_long')
             value = _json_text(raw) if jsonl and raw.strip() else raw
+            if tsv and raw.strip():
+              if b'\t' not in raw:
+                raise BadInput('bad_line', 'needs relative path<TAB>caption')
+              value = raw.split(b'\t', 1)[1]
             text = clean_text(value, min_chars=min_chars, max_chars=max_chars)
           except BadInput as e:
             skips.skip(e.reason, where)

@@ -20,6 +20,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from itit import errors
+
 # The SentencePiece model's file name inside a Hugging Face T5 directory.
 T5_TOKENIZER_FILE = 'spiece.model'
 
@@ -49,10 +51,19 @@ class TextTokenizer:
       with open(path, 'rb') as f:
         model_bytes = f.read()
     except FileNotFoundError:
-      raise FileNotFoundError(
+      raise errors.MissingFileError(
           f'text tokenizer model {path} not found: pass a SentencePiece .model file '
           '(e.g. T5 spiece.model) or train one with TextTokenizer.train') from None
-    return cls(model_bytes)
+    except IsADirectoryError:
+      raise errors.MissingFileError(
+          f'text tokenizer model {path} is a folder: pass a SentencePiece .model file '
+          '(e.g. T5 spiece.model)') from None
+    try:
+      return cls(model_bytes)
+    except RuntimeError:  # SentencePiece's parse error, a multi-line C++ message
+      raise errors.CorruptFileError(
+          f'text tokenizer model {path} is not a SentencePiece model (its bytes do not parse): '
+          'pass a SentencePiece .model file (e.g. T5 spiece.model)') from None
 
   @classmethod
   def train(cls, texts: Iterable[str], model_path: str | os.PathLike, vocab_size: int, *,

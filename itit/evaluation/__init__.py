@@ -1,4 +1,5 @@
-"""Pluggable evaluators (big_vision's pattern): `shapes`, `cycle`, `coco_captions`, `coco_fid`.
+"""Pluggable evaluators (big_vision's pattern): `shapes`, `cycle`, `coco_captions`, `coco_fid`,
+`folder` (a captioned test folder of any images: itit/evaluation/folder.py).
 
 Each evaluator is built once from an `EvalContext` (the run's model, tokenizers and `eval.*`
 settings) and then `run(params, rng=None, step=None) -> {metric: value}`; a `Suite` runs several.
@@ -29,6 +30,8 @@ Settings (`default_config`; a run's `eval` block and command-line overrides are 
                          num_images (0 = all), beam_size (paper: 4), batch_size, metrics
   coco_fid.*             coco_fid: annotations, images, split, num_pairs (30000), seed,
                          batch_size, resolution (0 = the VQGAN's), cache_dir, save_every
+  folder.*               folder: images (a captioned test folder), captions ('' = its own
+                         captions.jsonl / .tsv), num_images (0 = all), beam_size (4), metrics
 """
 from __future__ import annotations
 
@@ -37,10 +40,12 @@ import os
 
 import ml_collections
 
-NAMES = ('shapes', 'cycle', 'coco_captions', 'coco_fid')
+from itit import errors
+
+NAMES = ('shapes', 'cycle', 'coco_captions', 'coco_fid', 'folder')
 _CLASSES = {'shapes': ('shapes', 'ShapesEval'), 'cycle': ('cycle', 'CycleEval'),
             'coco_captions': ('coco_captions', 'CocoCaptionsEval'),
-            'coco_fid': ('coco_fid', 'CocoFidEval')}
+            'coco_fid': ('coco_fid', 'CocoFidEval'), 'folder': ('folder', 'FolderEval')}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -68,6 +73,8 @@ def default_config() -> ml_collections.ConfigDict:
                 batch_size=32, metrics='CIDEr,BLEU-4,METEOR,ROUGE-L'),
       coco_fid=dict(annotations='', images='', split='', num_pairs=30000, seed=0, batch_size=32,
                     resolution=0, cache_dir='', save_every=2000),
+      folder=dict(images='', captions='', num_images=0, beam_size=4,
+                  metrics='CIDEr,BLEU-4,ROUGE-L'),
   ))
 
 
@@ -100,7 +107,8 @@ def parse_names(names) -> list[str]:
   names = [n.strip() for n in names if n.strip()]
   unknown = [n for n in names if n not in NAMES]
   if unknown:
-    raise ValueError(f'unknown evaluator(s) {unknown}: choose from {", ".join(NAMES)}')
+    raise errors.UserError(f'unknown evaluator(s) {unknown}: choose from {", ".join(NAMES)} '
+                           '(e.g. --eval=shapes,cycle)')
   return names
 
 

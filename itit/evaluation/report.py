@@ -1,6 +1,7 @@
 """Evaluating a training workdir's checkpoint with the evaluator suite, and writing the results:
 WORKDIR/eval/<step>.json (metrics, notes, settings; metrics of earlier calls at the same step
-kept unless recomputed), <step>.md, and for coco_captions <step>_coco_captions.json. The
+kept unless recomputed), <step>.md, for coco_captions <step>_coco_captions.json and for folder
+<step>_folder_captions.jsonl (the generated captions, {"image", "caption"} per line). The
 command line over this is `python -m itit.evaluate`."""
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 
 import jax
 
+from itit import errors
 from itit import evaluation
 from itit.evaluation import common
 from itit.trainer import run as run_lib
@@ -63,7 +65,8 @@ def evaluate_run(workdir: str, names, *, step: int | None = None, overrides=None
   jax.config.update('jax_threefry_partitionable', True)  # as in training: the same samples
   names = evaluation.parse_names(names)
   if not names:
-    raise ValueError(f'no evaluator given: choose from {", ".join(evaluation.NAMES)}')
+    raise errors.UserError(f'no evaluator given: choose from {", ".join(evaluation.NAMES)} '
+                           '(e.g. --eval=shapes,cycle)')
   config, model, params, step = run_lib.load_run(workdir, step)
   eval_config = evaluation.merged_config(config.get('eval', None), overrides)
   out_dir = out_dir or os.path.join(workdir, 'eval')
@@ -79,4 +82,10 @@ def evaluate_run(workdir: str, names, *, step: int | None = None, overrides=None
       with open(path, 'w') as f:
         json.dump([{'image_id': i, 'caption': c} for i, c in evaluator.predictions.items()], f)
       written['coco_captions'] = path
+    if evaluator.name == 'folder':  # an image folder's captions file, as prepare reads one
+      path = os.path.join(out_dir, f'{step}_folder_captions.jsonl')
+      with open(path, 'w') as f:
+        for name, caption in evaluator.predictions.items():
+          f.write(json.dumps({'image': name, 'caption': caption}) + '\n')
+      written['folder_captions'] = path
   return dict(metrics=metrics, notes=suite.notes, step=step, **written)

@@ -41,6 +41,7 @@ from itit.data import shapes_parse
 from itit.data import shards
 from itit.data.text_tokenizer import TextTokenizer
 from itit.decoding import generate
+from itit import errors
 from itit.evaluation import common
 from itit.evaluation.metrics import cider
 from itit.evaluation import scenes
@@ -130,7 +131,11 @@ class ShapesSplitEval:
     self.texts = self.text_tokenizer.decode(self.text_ids)
     self.scenes = [shapes_parse.parse_caption(t) for t in self.texts]
     if any(s is None for s in self.scenes):
-      raise ValueError(f'{shard_dir} holds captions that are not shapes-world captions')
+      bad = self.texts[[s is None for s in self.scenes].index(True)]
+      raise errors.UserError(
+          f'{shard_dir} holds captions that are not shapes-world captions (e.g. {bad!r}): the '
+          'shapes evaluator reads shapes-world shards (configs/prepare_shapes.py); evaluate '
+          'other data with --eval=cycle or coco_captions')
     self._caption = captioner or generate.jit_captioner(model, beam_size=beam_size)
     self._sample = image_sampler or generate.jit_image_sampler(model, **(image_kwargs or {}))
     self._ceiling = None

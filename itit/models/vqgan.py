@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from itit import errors
+
 TOKENIZER_FILE = 'tokenizer.msgpack'
 TOKENIZER_CONFIG_FILE = 'tokenizer_config.json'
 
@@ -307,8 +309,9 @@ def validate_params(params: dict, config: ml_collections.ConfigDict, source: str
               (('missing', missing), ('unexpected', unexpected), ('mis-shaped', misshaped))
               if items]
   if problems:
-    raise ValueError(f'{source} does not match the VQGAN config (filters, channel_multipliers, '
-                     f'num_res_blocks, embedding_dim, codebook_size): ' + '; '.join(problems))
+    raise errors.UserError(
+        f'{source} does not match the VQGAN config (filters, channel_multipliers, '
+        f'num_res_blocks, embedding_dim, codebook_size): ' + '; '.join(problems))
   return jax.tree.map(lambda x: np.asarray(x, np.float32), params)
 
 
@@ -318,8 +321,9 @@ def load_maskgit_checkpoint(path: str, config: ml_collections.ConfigDict) -> dic
   Accepts the blob MaskGIT publishes ({'params': {...}}) or a bare params tree.
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'VQGAN checkpoint {path!r} does not exist; pass the path of a '
-                            'MaskGIT tokenizer msgpack (e.g. tokenizer_imagenet256_checkpoint).')
+    raise errors.MissingFileError(
+        f'VQGAN checkpoint {path!r} does not exist; pass the path of a MaskGIT tokenizer '
+        'msgpack (e.g. tokenizer_imagenet256_checkpoint).')
   with open(path, 'rb') as f:
     state = flax.serialization.msgpack_restore(f.read())
   if isinstance(state, dict) and set(state) == {'params'}:
@@ -348,18 +352,22 @@ def load_tokenizer(directory: str) -> tuple[dict, ml_collections.ConfigDict]:
   """DIR from `train_tokenizer` -> (params, model config with `.sha256` of the msgpack bytes)."""
   config_path = os.path.join(directory, TOKENIZER_CONFIG_FILE)
   params_path = os.path.join(directory, TOKENIZER_FILE)
+  if not os.path.isdir(directory):
+    raise errors.MissingFileError(f'VQGAN directory {directory} does not exist: pass the workdir '
+                                  'of a trained VQGAN (python -m itit.train_tokenizer)')
   for path in (config_path, params_path):
     if not os.path.isfile(path):
-      raise FileNotFoundError(f'{path} is missing; train a tokenizer into {directory} with '
-                              '`python -m itit.train_tokenizer --workdir=...` first.')
+      raise errors.MissingFileError(f'{path} is missing: train a tokenizer into {directory} '
+                                    'with `python -m itit.train_tokenizer --workdir=...` first')
   with open(config_path) as f:
     saved = json.load(f)
   with open(params_path, 'rb') as f:
     blob = f.read()
   sha256 = hashlib.sha256(blob).hexdigest()
   if saved.get('sha256', sha256) != sha256:
-    raise ValueError(f'{params_path} has sha256 {sha256} but {config_path} records '
-                     f'{saved["sha256"]}: the two files come from different runs.')
+    raise errors.CorruptFileError(
+        f'{params_path} has sha256 {sha256} but {config_path} records {saved["sha256"]}: the '
+        'two files come from different runs; copy the whole VQGAN workdir again')
   saved.pop('grid_size', None)
   saved['sha256'] = sha256
   config = ml_collections.ConfigDict(saved)

@@ -88,6 +88,32 @@ def check_text_encoder(config) -> None:
     raise errors.UserError(str(e)) from None
 
 
+def check_model(config) -> None:
+  """Dropout in [0, 1), and every attention's width divisible by its number of heads (the
+  head dimension is width // heads): the joint encoder and image decoder, the text decoder, and
+  the learned text encoder when it is used."""
+  model = config.model
+  if not 0.0 <= model.dropout < 1.0:
+    raise errors.UserError(f'model.dropout={model.dropout}: must be in [0, 1) (the paper '
+                           'uses 0.1; 0 turns dropout off)')
+  stacks = [('model.width', model.width, 'model.num_heads', model.num_heads),
+            ('model.text_decoder_width', model.text_decoder_width,
+             'model.text_decoder_num_heads', model.text_decoder_num_heads)]
+  if model.text_encoder.kind == 'learned':
+    learned = model.text_encoder.learned
+    stacks.append(('model.text_encoder.learned.width', learned.width,
+                   'model.text_encoder.learned.num_heads', learned.num_heads))
+  for width_name, width, heads_name, heads in stacks:
+    if heads <= 0 or width <= 0:
+      raise errors.UserError(f'{width_name}={width}, {heads_name}={heads}: both must be positive')
+    if width % heads:
+      nearest = sorted({max(width // heads, 1) * heads, (width // heads + 1) * heads})
+      raise errors.UserError(
+          f'{width_name}={width} is not divisible by {heads_name}={heads} (each head takes '
+          f'width / heads dimensions): set --config.{width_name} to a multiple of {heads}, '
+          f'e.g. {" or ".join(map(str, nearest))}, or change --config.{heads_name}')
+
+
 def check_mask_ratios(config) -> None:
   """The truncated Gaussian of each masking loss must be valid, and its minimum must mask at
   least the `model.num_dropped` tokens the encoder drops (static shapes)."""
@@ -126,6 +152,7 @@ def check_train_config(config, num_devices: int, process_count: int, streams=Non
   if not 0 <= config.cycle.start_step < config.total_steps:
     raise errors.UserError(f'cycle.start_step={config.cycle.start_step}: must be in [0, '
                            f'total_steps={config.total_steps}) (0: cycles from the first step)')
+  check_model(config)
   data, fsdp, _ = check_mesh(config, num_devices)
   check_batch_sizes(config, data * fsdp, process_count, streams)
   check_text_encoder(config)

@@ -2,9 +2,11 @@
 checkpoint, evaluate; SIGTERM saves and exits so a re-run resumes exactly.
 
 Re-running in the same workdir resumes from the last checkpoint, with the optimizer state, RNG
-and input iterators exactly where they were. Resume order: the workdir's last checkpoint, else
-the parameters of `config.init_from` (another run's checkpoint: 'WORKDIR' for its latest step or
-'WORKDIR:STEP'; fresh optimizer state, step 0), else from scratch.
+and input iterators exactly where they were. Resume order: the workdir's newest intact
+checkpoint (a damaged one is moved to checkpoints/damaged/ with a warning; if all are damaged the
+run stops instead of starting over), else the parameters of `config.init_from` (another run's
+checkpoint: 'WORKDIR' for its latest step or 'WORKDIR:STEP'; fresh optimizer state, step 0),
+else from scratch.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from itit.losses import registry
 from itit.models import flops
 from itit.models import itit as itit_model
 from itit.models import t5_loader
+from itit.trainer import checkpoint_faults
 from itit.trainer import checkpointing
 from itit.trainer import config_check
 from itit.trainer import metric_writer
@@ -135,17 +138,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     meta['text_encoder'] = t5_loader.t5_identity(t5_path)
     frozen = jax.device_put(t5_loader.load_t5_params(t5_path, config.model.text_encoder.t5),
                             frozen_shardings)
-  latest = checkpointer.latest_step()
+  def check_saved_meta(saved_meta):
+    check_resume_prng_impl(saved_meta.get('config', {}), config, workdir)
+    train_data.check_resume_identities(saved_meta.get('data', {}), meta['data'], workdir)
+    if 'text_encoder' in saved_meta:
+      t5_loader.check_t5_identity(saved_meta['text_encoder'], config.model.text_encoder.path)
+
   with nn.logical_axis_rules(rules):
-    if latest is not None:
-      saved_meta = checkpointer.restore_meta(latest)
-      check_resume_prng_impl(saved_meta.get('config', {}), config, workdir)
-      train_data.check_resume_identities(saved_meta.get('data', {}), meta['data'], workdir)
-      if 'text_encoder' in saved_meta:
-        t5_loader.check_t5_identity(saved_meta['text_encoder'], config.model.text_encoder.path)
-      state, _ = checkpointer.restore(
-          latest, checkpointing.abstract_with_shardings(abstract_state, state_shardings),
-          data.iterators)
+    # The newest INTACT checkpoint: damaged ones are moved aside (checkpoint_faults).
+    restored = checkpointer.restore_latest(
+        checkpointing.abstract_with_shardings(abstract_state, state_shardings), data.iterators,
+        check_meta=check_saved_meta)
+    if restored is not None:
+      latest, state = restored
       print(f'Resumed from {checkpointer.directory} at step {latest}.', flush=True)
     else:
       state = jax.jit(functools.partial(state_lib.init_train_state, config, tx),
@@ -229,6 +234,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
       with open(os.path.join(workdir, 'eval.json'), 'w') as f:
         json.dump({'step': step, **results}, f, indent=2)
+  except OSError as e:  # the metrics or an evaluator's files; a checkpoint's is DiskFullError
+    if not checkpoint_faults.is_disk_full(e):
+      raise
+    raise checkpointing.DiskFullError(
+        f'disk full writing {e.filename or workdir}: free space in {os.path.abspath(workdir)} '
+        'and re-run the same command (it resumes from the last checkpoint)') from None
   finally:
     preemption.restore()
     checkpointer.close()

@@ -8,16 +8,37 @@ import os
 
 import ml_collections
 
+from itit import errors
 from itit.models import itit as itit_model
 from itit.models import t5_loader
 from itit.trainer import checkpointing
 
 
-def load_run(workdir: str, step: int | None = None):
-  """(config, model, full params, step) of a training workdir's checkpoint."""
+def check_workdir(workdir: str, step: int | None = None) -> None:
+  """Refuses, in one `UserError` line, a workdir without config.json or checkpoint, and a `step`
+  it has no checkpoint of (listing the steps it has); reads no checkpoint."""
+  if not os.path.isdir(workdir):
+    raise errors.MissingFileError(f'workdir {workdir} does not exist: pass the --workdir of an '
+                                  'itit.train run')
   config_path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(config_path):
-    raise FileNotFoundError(f'{config_path} is missing: --workdir must be an itit.train workdir')
+    raise errors.MissingFileError(f'{config_path} is missing: {workdir} is not an itit.train '
+                                  'workdir (pass the --workdir of an itit.train run)')
+  steps = checkpointing.all_steps(workdir)
+  if not steps:
+    raise errors.MissingFileError(f'{os.path.join(workdir, "checkpoints")} holds no checkpoint: '
+                                  'train first (python -m itit.train), or pass another --workdir')
+  if step is not None and step not in steps:
+    shown = steps if len(steps) <= 12 else steps[:6] + ['...'] + steps[-6:]
+    raise errors.UserError(f'{workdir} has no checkpoint of step {step}; its steps are '
+                           f'{", ".join(map(str, shown))} (pass one as --step, or no --step for '
+                           'the latest)')
+
+
+def load_run(workdir: str, step: int | None = None):
+  """(config, model, full params, step) of a training workdir's checkpoint."""
+  check_workdir(workdir, step)
+  config_path = os.path.join(workdir, 'config.json')
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   params, step = checkpointing.load_params(workdir, step)
@@ -31,7 +52,7 @@ def load_run(workdir: str, step: int | None = None):
 def run_argument_parser(doc: str) -> argparse.ArgumentParser:
   """An argparse parser for a diagnostic script over one run's split: --workdir, --step,
   --split, --num_examples, --seed; `doc`'s first paragraph is its description."""
-  parser = argparse.ArgumentParser(description=doc.split('\n\n')[0])
+  parser = errors.ArgumentParser(description=doc.split('\n\n')[0])
   parser.add_argument('--workdir', required=True, help='an itit.train workdir')
   parser.add_argument('--step', type=int, default=None, help='checkpoint (default latest)')
   parser.add_argument('--split', default='test', help="a prepared split of the run's data")
