@@ -164,8 +164,8 @@ def test_all_damaged_never_starts_from_scratch(straight, data_dir, tmp_path, cap
             '6-truncated-state; training does not start from scratch') in message
   assert len(warnings_in(capsys.readouterr().err)) == 3
   assert open(os.path.join(workdir, 'metrics.jsonl')).read() == metrics_before
-  with pytest.raises(errors.CorruptFileError, match='no intact checkpoint'):
-    checkpointing.load_params(workdir)
+  with pytest.raises(errors.CorruptFileError, match='no intact checkpoint.*set aside in'):
+    run_lib.load_run(workdir)  # itit.sample / itit.evaluate
 
 
 def test_config_mismatch_is_not_damage(straight, data_dir, tmp_path, capsys, monkeypatch):

@@ -11,6 +11,7 @@ import ml_collections
 from itit import errors
 from itit.models import itit as itit_model
 from itit.models import t5_loader
+from itit.trainer import checkpoint_faults
 from itit.trainer import checkpointing
 
 
@@ -25,7 +26,8 @@ def check_workdir(workdir: str, step: int | None = None) -> None:
     raise errors.MissingFileError(f'{config_path} is missing: {workdir} is not an itit.train '
                                   'workdir (pass the --workdir of an itit.train run)')
   steps = checkpointing.all_steps(workdir)
-  if not steps:
+  # Only damaged steps (checkpoints/damaged/): load_params says which, in its own line.
+  if not steps and not checkpoint_faults.damaged_names(os.path.join(workdir, 'checkpoints')):
     raise errors.MissingFileError(f'{os.path.join(workdir, "checkpoints")} holds no checkpoint: '
                                   'train first (python -m itit.train), or pass another --workdir')
   if step is not None and step not in steps:
