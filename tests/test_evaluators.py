@@ -1,4 +1,5 @@
 """The evaluators' parts that need no model: FID on few images, FID-30K pairs, settings, output."""
+import functools
 import json
 import os
 import types
@@ -195,7 +196,7 @@ def _folder_context(tmp_path, inception):
   extractor = None
   if inception:
     extractor = lambda x: np.concatenate([x.mean((1, 2)), x.std((1, 2))[:, :1]], 1)
-  return types.SimpleNamespace(
+  context = types.SimpleNamespace(
       eval_config=eval_config, config=ml_collections.ConfigDict(dict(model=dict(max_text_len=8))),
       vq_config=types.SimpleNamespace(image_size=32), text_tokenizer=tokenizer,
       tokenize_images=lambda x: np.repeat(colour_of(np.asarray(x, np.float32))[:, None], 4, 1),
@@ -203,6 +204,11 @@ def _folder_context(tmp_path, inception):
       captioner=lambda beam: lambda params, tokens: (caption_ids[np.asarray(tokens)[:, 0]], None),
       image_sampler=lambda: lambda params, ids, rng: np.repeat(text_to_colour(ids)[:, None], 4, 1),
       extractor=lambda: extractor)
+  # The real context's batching, over the stand-in captioner and sampler.
+  context.caption_ids = functools.partial(common.EvalContext.caption_ids, context)
+  context.sampled_image_tokens = functools.partial(common.EvalContext.sampled_image_tokens,
+                                                   context)
+  return context
 
 
 def test_folder_evaluator_scores_a_captioned_folder_in_both_directions(tmp_path):

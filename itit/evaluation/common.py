@@ -120,6 +120,19 @@ class EvalContext:
       self._image_sampler = generate.jit_image_sampler(self.model, **self.image_kwargs)
     return self._image_sampler
 
+  def caption_ids(self, params, image_tokens: np.ndarray, beam_size: int) -> np.ndarray:
+    """Captions of image tokens [N, tokens] in eval batches: ids [N, L]."""
+    captioner = self.captioner(beam_size)
+    return batched(lambda batch, _: captioner(params, batch)[0], image_tokens,
+                   self.eval_config.batch_size)
+
+  def sampled_image_tokens(self, params, text_ids: np.ndarray, rng) -> np.ndarray:
+    """Images of text ids [N, L] in eval batches (batch i drawn with fold_in(rng, i)):
+    tokens [N, tokens]."""
+    sampler = self.image_sampler()
+    return batched(lambda batch, i: sampler(params, batch, jax.random.fold_in(rng, i)),
+                   text_ids, self.eval_config.batch_size)
+
   def per_example_sampler(self) -> Callable:
     """jit(params, text_ids [B, L], keys [B, 2]) -> tokens [B, N]; image i depends on key i only.
 

@@ -53,14 +53,10 @@ class CycleEval(common.Evaluator):
     self._source_statistics = None
 
   def _captions(self, params, image_tokens) -> np.ndarray:
-    captioner = self.context.captioner(self.context.eval_config.beam_size)
-    return common.batched(lambda batch, _: captioner(params, batch)[0], image_tokens,
-                          self.context.eval_config.batch_size)
+    return self.context.caption_ids(params, image_tokens, self.context.eval_config.beam_size)
 
   def _image_tokens(self, params, text_ids, rng) -> np.ndarray:
-    sampler = self.context.image_sampler()
-    return common.batched(lambda batch, i: sampler(params, batch, jax.random.fold_in(rng, i)),
-                          text_ids, self.context.eval_config.batch_size)
+    return self.context.sampled_image_tokens(params, text_ids, rng)
 
   def _fid_against_sources(self, images) -> float:
     extractor = self.context.extractor()
