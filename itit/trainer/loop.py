@@ -138,7 +138,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     meta['text_encoder'] = t5_loader.t5_identity(t5_path)
     frozen = jax.device_put(t5_loader.load_t5_params(t5_path, config.model.text_encoder.t5),
                             frozen_shardings)
+
   def check_saved_meta(saved_meta):
+    """A checkpoint's meta must match this run's PRNG, data and frozen text encoder."""
     check_resume_prng_impl(saved_meta.get('config', {}), config, workdir)
     train_data.check_resume_identities(saved_meta.get('data', {}), meta['data'], workdir)
     if 'text_encoder' in saved_meta:
