@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from itit.data import shapes
+from itit.data import shapes_splits
 from itit.data import shards
 from itit.data import source_registry
 from itit.data import sources
@@ -134,8 +135,13 @@ def prepare(config: ml_collections.ConfigDict, out_dir: str) -> dict:
   os.makedirs(out_dir, exist_ok=True)
   splits = None
   if any(s.source == 'shapes' for s in config.streams.values()):
-    splits = shapes.make_splits(config.shapes.seed, paired_fraction=config.shapes.paired_fraction,
-                                num_train=config.shapes.num_train, num_test=config.shapes.num_test)
+    splits = shapes_splits.make_splits(
+        config.shapes.seed, paired_fraction=config.shapes.paired_fraction,
+        num_train=config.shapes.num_train, num_test=config.shapes.num_test,
+        max_objects=config.shapes.get('max_objects', 2),
+        paired_looks_fraction=config.shapes.get('paired_looks', 1.0),
+        heldout_combinations=(shapes_splits.DEFAULT_HELDOUT if config.shapes.get('heldout', True)
+                              else ()))
   text_tokenizer, text_tokenizer_path = given_text or _text_tokenizer(config, out_dir)
   summary = {}
   for name, stream_config in sorted(config.streams.items()):

@@ -16,6 +16,7 @@ import pytest
 from configs import tiny
 from configs import vqgan_shapes
 from itit.data import shapes
+from itit.data import shapes_splits
 from itit.data import shards
 from itit.data.sources import Record
 from itit.data.text_tokenizer import TextTokenizer
@@ -61,7 +62,7 @@ def write_pooled_shards(root, spiece, splits, *, num_test, sha256):
   """Shapes scenes (64 paired, `num_test` test) as pooled tokens and 8 text ids, one folder per
   split of `splits` under `root`; `sha256` names the stand-in image tokenizer."""
   tokenizer = TextTokenizer.load(spiece)
-  scenes = shapes.make_splits(0, paired_fraction=1.0, num_train=64, num_test=num_test)
+  scenes = shapes_splits.make_splits(0, paired_fraction=1.0, num_train=64, num_test=num_test)
   identity = {'kind': 'pooled', 'sha256': sha256, 'codebook_size': CODES, 'grid_size': GRID}
   for split in splits:
     records = [Record(f'{split}/{i}', image, text)

@@ -20,6 +20,7 @@ from PIL import Image
 from configs import coco_finetune
 from configs import tiny
 from itit.data import shapes
+from itit.data import shapes_splits
 from itit.data import shards
 from itit.data.sources import Record
 from itit.data.text_tokenizer import TextTokenizer
@@ -66,7 +67,7 @@ def write_shapes_shards(out_dir, vq_dir, spiece):
   tokenize = vqgan.tokenizer_fn(params, vq_config, 16)
   text_tokenizer = TextTokenizer.load(spiece)
   identity = {'kind': 'vqgan', 'sha256': vq_config.sha256, 'codebook_size': 512, 'grid_size': 8}
-  splits = shapes.make_splits(0, paired_fraction=1.0, num_train=16, num_test=8)
+  splits = shapes_splits.make_splits(0, paired_fraction=1.0, num_train=16, num_test=8)
   for split in ('paired', 'test', 'heldout_test'):
     records = [Record(f'{split}/{i}', image, text)
                for i, (image, text) in enumerate(shapes.examples(splits[split], 0, 32))]

@@ -37,8 +37,8 @@ def test_shapes_world_all_splits(shapes_vqgan_dir, tmp_path):
   assert set(shards.open_shards(os.path.join(out, 'unpaired_text'))[0]) == {'text_ids'}
   assert set(shards.open_shards(os.path.join(out, 'unpaired_image'))[0]) == {'image_tokens'}
   # The tokens are the VQGAN's: re-encoding the first paired image gives the same ones.
-  from itit.data import shapes
-  splits = shapes.make_splits(0, paired_fraction=0.1, num_train=200, num_test=30)
+  from itit.data import shapes, shapes_splits  # pylint: disable=g-import-not-at-top
+  splits = shapes_splits.make_splits(0, paired_fraction=0.1, num_train=200, num_test=30)
   image, _ = shapes.example(splits['paired'][0], 0, 0)
   params, _ = vqgan.load_tokenizer(shapes_vqgan_dir)
   expected = vqgan.tokenizer_fn(params, vq_config, 8)(image[None])[0]

@@ -9,6 +9,7 @@ from PIL import Image, ImageFilter
 from scipy import ndimage
 
 from itit.data import shapes
+from itit.data import shapes_splits
 from itit.data.shapes import Obj, Scene
 from itit.data import shapes_parse
 from itit.evaluation.scenes import MISSING, attribute_confusion, match_objects, scene_metrics
@@ -359,7 +360,7 @@ def test_match_objects_pairs_by_agreement():
 
 @pytest.fixture(scope='module')
 def default_splits():
-  return shapes.make_splits(0)
+  return shapes_splits.make_splits(0)
 
 
 def test_splits_are_disjoint_and_sized(default_splits):
@@ -372,28 +373,28 @@ def test_splits_are_disjoint_and_sized(default_splits):
 
 
 def test_documented_pool_sizes():
-  held = sum(shapes.contains_combination(s, shapes.DEFAULT_HELDOUT) for s in shapes.all_scenes())
+  held = sum(shapes_splits.contains_combination(s, shapes_splits.DEFAULT_HELDOUT) for s in shapes.all_scenes())
   assert (len(shapes.all_scenes()) - held, held) == (63224, 19272)
 
 
 def test_heldout_combinations_never_appear_outside_heldout_test(default_splits):
-  held = shapes.DEFAULT_HELDOUT
+  held = shapes_splits.DEFAULT_HELDOUT
   for name in ('paired', 'unpaired_image', 'unpaired_text', 'test'):
-    assert not any(shapes.contains_combination(s, held) for s in default_splits[name]), name
-  assert all(shapes.contains_combination(s, held) for s in default_splits['heldout_test'])
+    assert not any(shapes_splits.contains_combination(s, held) for s in default_splits[name]), name
+  assert all(shapes_splits.contains_combination(s, held) for s in default_splits['heldout_test'])
   looks = {(o.color, o.shape) for s in default_splits['paired'] for o in s.objects}
   assert not looks & set(held)
   assert {c for c, _ in looks} == set(shapes.COLORS)  # every colour is still seen in training
 
 
 def test_splits_are_deterministic_from_the_seed(default_splits):
-  assert shapes.make_splits(0) == default_splits
-  assert shapes.make_splits(1)['paired'] != default_splits['paired']
+  assert shapes_splits.make_splits(0) == default_splits
+  assert shapes_splits.make_splits(1)['paired'] != default_splits['paired']
 
 
 @pytest.mark.parametrize('fraction', [0.01, 0.02, 0.1, 1.0])
 def test_paired_fraction(fraction):
-  splits = shapes.make_splits(3, paired_fraction=fraction, num_train=2000, num_test=100)
+  splits = shapes_splits.make_splits(3, paired_fraction=fraction, num_train=2000, num_test=100)
   assert len(splits['paired']) == round(fraction * 2000)
   rest = 2000 - len(splits['paired'])
   assert len(splits['unpaired_image']) + len(splits['unpaired_text']) == rest
@@ -403,13 +404,13 @@ def test_paired_fraction(fraction):
 
 
 def test_custom_and_empty_heldout_combinations():
-  splits = shapes.make_splits(0, num_train=500, num_test=50,
+  splits = shapes_splits.make_splits(0, num_train=500, num_test=50,
                               heldout_combinations=(('large', 'top left'),))
   assert all(any(o.size == 'large' and o.region == 'top left' for o in s.objects)
              for s in splits['heldout_test'])
   assert not any(o.size == 'large' and o.region == 'top left'
                  for s in splits['paired'] + splits['test'] for o in s.objects)
-  assert shapes.make_splits(0, num_train=10, num_test=5, heldout_combinations=())[
+  assert shapes_splits.make_splits(0, num_train=10, num_test=5, heldout_combinations=())[
       'heldout_test'] == []
 
 
@@ -421,4 +422,4 @@ def test_custom_and_empty_heldout_combinations():
 ])
 def test_make_splits_rejects_bad_arguments(kwargs, message):
   with pytest.raises(ValueError, match=message):
-    shapes.make_splits(0, **kwargs)
+    shapes_splits.make_splits(0, **kwargs)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from itit.data import shapes
+from itit.data import shapes_splits
 from itit.data import shapes_parse
 from itit.data.text_tokenizer import TextTokenizer
 from itit.evaluation import shapes as shapes_evaluation
@@ -61,7 +62,7 @@ def test_scores_against_hand_computed_values(tokenizer):
 
 
 def test_reference_captions_are_fixed_distinct_captions_of_the_scene():
-  scenes = shapes.make_splits(0, num_train=20, num_test=6)['test']
+  scenes = shapes_splits.make_splits(0, num_train=20, num_test=6)['test']
   for scene in scenes:
     references = shapes_evaluation.reference_captions(scene)
     assert references == shapes_evaluation.reference_captions(scene)  # deterministic
@@ -72,7 +73,7 @@ def test_reference_captions_are_fixed_distinct_captions_of_the_scene():
 
 
 def test_caption_cider_rewards_captions_of_the_right_scene():
-  scenes = shapes.make_splits(0, num_train=20, num_test=6)['test']
+  scenes = shapes_splits.make_splits(0, num_train=20, num_test=6)['test']
   exact = [shapes_evaluation.reference_captions(s)[0] for s in scenes]
   # Another caption of the same scene (not a reference) still shares most n-grams.
   paraphrases = [shapes.all_captions(s)[1] for s in scenes]

@@ -22,6 +22,7 @@ import numpy as np
 
 from itit import errors
 from itit.data import shapes
+from itit.data import shapes_splits
 from itit.models import vqgan
 
 
@@ -116,7 +117,7 @@ def main():
   grid, size = vqgan.grid_size(config), config.image_size
   patch = size // grid
   tokenize = vqgan.tokenizer_fn(params, config, 100)
-  splits = shapes.make_splits(0, paired_fraction=1.0, num_train=args.num_train,
+  splits = shapes_splits.make_splits(0, paired_fraction=1.0, num_train=args.num_train,
                               num_test=args.num_scenes)
   images = np.stack([image for image, _ in shapes.examples(splits['test'], 0, size)])
   tokens = np.asarray(tokenize(images)).reshape(len(images), -1)

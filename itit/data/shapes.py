@@ -12,6 +12,10 @@ Geometry is defined at a 32x32 reference and scaled with `image_size`: objects a
 13 (large) reference pixels wide; an object's centre (the centre of its box) lies at least
 `REGION_MARGIN` inside its region; two objects are `GAP` reference pixels apart along the axis of
 their relation, so they never overlap or touch.
+
+Below the reference size (`CELL_SIZES`: 21 to 30 pixels, a multiple of 3) the world is the
+laptop level's: one object, centred in its grid cell and sized to fit it, with no jitter, so a
+VQGAN with cell-sized patches gives each region exactly one token (docs/SHAPES.md).
 """
 import dataclasses
 import functools
@@ -42,16 +46,14 @@ REGIONS = ('top left', 'top', 'top right', 'left', 'center', 'right', 'bottom le
 RELATIONS = ('left of', 'right of', 'above', 'below')
 ATTRIBUTES = ('color', 'shape', 'size', 'region')
 BORDER = 1.0  # reference pixels kept free at the image border
+CELL_SIZES = (21, 24, 27, 30)  # image sizes with one object per scene, centred in its cell
 REGION_MARGIN = 0.5  # reference pixels between an object's centre and its region's edge
 GAP = 3.0  # reference pixels between two objects along their relation's axis
-# Held out by default: one (colour, shape) pair per shape and per colour, so every colour and
-# every shape is still seen in training, but never in these combinations.
-DEFAULT_HELDOUT = (('red', 'triangle'), ('green', 'cross'), ('blue', 'circle'),
-                   ('yellow', 'square'))
 
 ATTRIBUTE_VALUES = {'color': tuple(COLORS), 'shape': SHAPES, 'size': SIZES, 'region': REGIONS}
-_ATTRIBUTE_OF_VALUE = {v: a for a, values in ATTRIBUTE_VALUES.items() for v in values}
-assert len(_ATTRIBUTE_OF_VALUE) == sum(map(len, ATTRIBUTE_VALUES.values())), (
+ATTRIBUTE_OF_VALUE = {v: a for a, values in ATTRIBUTE_VALUES.items() for v in values}
+NUM_ONE_OBJECT_SCENES = len(COLORS) * len(SHAPES) * len(SIZES) * len(REGIONS)  # listed first
+assert len(ATTRIBUTE_OF_VALUE) == sum(map(len, ATTRIBUTE_VALUES.values())), (
     'attribute values collide')
 
 
@@ -108,10 +110,22 @@ def relation_of(a: Obj, b: Obj) -> str | None:
 def size_pixels(size: str, image_size: int) -> int:
   """Box width in pixels of an object of `size` in an image_size x image_size image.
 
-  Rounded down, as are BORDER and GAP in pixels, so that every valid scene has a layout at every
-  image_size >= 32 (tests check 32..299).
+  From 32 pixels up: rounded down, as are BORDER and GAP in pixels, so that every valid scene has
+  a layout at every image_size >= 32 (tests check 32..299). Below: fitted to a grid cell of
+  `image_size // 3` pixels (large: one pixel less than the cell; small: ~0.65 of it).
   """
+  if image_size < REFERENCE_SIZE:
+    cell = cell_pixels(image_size)
+    return cell - 1 if size == 'large' else int(0.65 * cell + 0.5)
   return max(3, int(SIZE_PIXELS[size] * image_size / REFERENCE_SIZE))
+
+
+def cell_pixels(image_size: int) -> int:
+  """The grid cell's width in pixels of a cell-placed (below-reference) image size, or one error."""
+  if image_size not in CELL_SIZES:
+    raise ValueError(f'shapes: image_size={image_size} is not supported (use {REFERENCE_SIZE} or '
+                     f'more, or one of the cell-placed sizes {CELL_SIZES})')
+  return image_size // 3
 
 
 @functools.lru_cache(maxsize=None)
@@ -159,8 +173,16 @@ def _axis_pairs(first: np.ndarray, first_n: int, second: np.ndarray,
 
 def _layout(objects: Sequence[Obj], image_size: int,
             rng: np.random.Generator) -> list[tuple[int, int, int]]:
-  """(top, left, n) per object, drawn uniformly from the placements that keep the rules."""
+  """(top, left, n) per object, drawn uniformly from the placements that keep the rules (below the
+  reference size: centred in its cell, no jitter, one object only)."""
   cells = [_cell(o.region) for o in objects]
+  if image_size < REFERENCE_SIZE:
+    if len(objects) != 1:
+      raise ValueError(f'{len(objects)} objects at image_size={image_size}: below '
+                       f'{REFERENCE_SIZE} pixels a scene has one object (use >= 32 for two).')
+    cell, n = cell_pixels(image_size), size_pixels(objects[0].size, image_size)
+    (row, col), offset = cells[0], (cell_pixels(image_size) - n) // 2
+    return [(row * cell + offset, col * cell + offset, n)]
   ns = [size_pixels(o.size, image_size) for o in objects]
   options = [(_positions(r, n, image_size), _positions(c, n, image_size))
              for (r, c), n in zip(cells, ns)]
@@ -348,70 +370,3 @@ def example(scene: Scene, seed: int, index: int,
   rng = np.random.default_rng((seed, index))
   text = caption(scene, rng)
   return render(scene, image_size, rng), text
-
-
-def contains_combination(scene: Scene, combinations: Sequence[Sequence[str]]) -> bool:
-  """Whether one object of `scene` has all values of one combination, e.g. ('red', 'cross')."""
-  return any(set(c) <= {o.color, o.shape, o.size, o.region}
-             for o in scene.objects for c in combinations)
-
-
-def _weighted_sample(scenes: Sequence[Scene], k: int, rng: np.random.Generator) -> list[Scene]:
-  """k scenes without replacement; a 1-object scene is as likely as a 2-object one at first.
-
-  There are far fewer 1-object scenes, so weighting them up keeps them in the data as
-  `sample_scene` would (Efraimidis-Spirakis keys: exponential noise over weight).
-  """
-  single = np.array([len(s.objects) == 1 for s in scenes], bool)
-  weight = np.where(single, max(1, (~single).sum()) / max(1, single.sum()), 1.0)
-  order = np.argsort(rng.exponential(size=len(scenes)) / weight, kind='stable')[:k]
-  return [scenes[i] for i in rng.permutation(order)]
-
-
-def make_splits(seed: int, *, paired_fraction: float = 0.02, num_train: int = 20000,
-                num_test: int = 1000,
-                heldout_combinations: Sequence[Sequence[str]] = DEFAULT_HELDOUT,
-                ) -> dict[str, list[Scene]]:
-  """Disjoint sets of distinct scenes, deterministic given `seed`.
-
-  The world has 82,496 scenes (576 with one object, 81,920 with two); the default held-out
-  combinations leave 63,224 for training and test, the other 19,272 for 'heldout_test'.
-
-  Returns 'paired' (round(paired_fraction * num_train) scenes), 'unpaired_image' and
-  'unpaired_text' (the other training scenes, halved, so unpaired images and texts never show
-  the same scene), 'test' (num_test scenes from the training distribution) and 'heldout_test'
-  (up to num_test scenes with an object matching a held-out combination of attribute values,
-  e.g. ('red', 'triangle'); no other split has such an object).
-  """
-  if not 0.0 <= paired_fraction <= 1.0:
-    raise ValueError(f'make_splits: paired_fraction must be in [0, 1], got {paired_fraction}.')
-  if num_train < 0 or num_test < 0:
-    raise ValueError(f'make_splits: num_train={num_train}, num_test={num_test} must be >= 0.')
-  for combination in heldout_combinations:
-    unknown = [v for v in combination if v not in _ATTRIBUTE_OF_VALUE]
-    if isinstance(combination, str) or unknown or not combination:
-      raise ValueError(f'make_splits: held-out combination {combination!r} must be a tuple of '
-                       f'attribute values such as ("red", "triangle").')
-  held_objects = {o for s in all_scenes()[:len(COLORS) * len(SHAPES) * len(SIZES) * len(REGIONS)]
-                  for o in s.objects if contains_combination(s, heldout_combinations)}
-  heldout, pool = [], []
-  for scene in all_scenes():
-    (heldout if any(o in held_objects for o in scene.objects) else pool).append(scene)
-  if num_train + num_test > len(pool):
-    raise ValueError(f'make_splits: num_train + num_test = {num_train + num_test} exceeds the '
-                     f'{len(pool)} scenes without held-out combinations; lower them or hold out '
-                     f'fewer combinations.')
-  rng = np.random.default_rng(seed)
-  chosen = _weighted_sample(pool, num_train + num_test, rng)
-  test, train = chosen[:num_test], chosen[num_test:]
-  num_paired = round(paired_fraction * num_train)
-  unpaired = train[num_paired:]
-  half = (len(unpaired) + 1) // 2
-  return {
-      'paired': train[:num_paired],
-      'unpaired_image': unpaired[:half],
-      'unpaired_text': unpaired[half:],
-      'test': test,
-      'heldout_test': _weighted_sample(heldout, min(num_test, len(heldout)), rng),
-  }
-

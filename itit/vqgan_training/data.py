@@ -26,6 +26,7 @@ from itit import errors
 from itit.data import images as image_io
 from itit.data import records
 from itit.data import shapes
+from itit.data import shapes_splits
 from itit.data import shapes_parse
 
 # A training batch draws at most this many files per image it needs; a folder where fewer than
@@ -168,7 +169,10 @@ def eval_set(config, eval_files=None):
   when none is usable the run is refused with those counts.
   """
   if config.data.source == 'shapes':
-    scenes = shapes.make_splits(config.seed, num_test=config.data.num_eval)['test']
+    if config.data.max_objects == 1:  # the laptop level: every one-object scene, in order
+      scenes = shapes.all_scenes()[:min(config.data.num_eval, shapes.NUM_ONE_OBJECT_SCENES)]
+    else:
+      scenes = shapes_splits.make_splits(config.seed, num_test=config.data.num_eval)['test']
     images = np.stack([shapes.render(s, config.model.image_size) for s in scenes])
     return images, shapes_parse.parse_images
   if config.data.source != 'folder':
