@@ -40,6 +40,8 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 _STEPS = flags.DEFINE_integer('num_steps', 24, 'Parallel decoding steps (paper: 24).')
 _GUIDANCE = flags.DEFINE_float('guidance_scale', 2.0, 'Classifier-free guidance tau (paper: 2.0).')
 _TEMPERATURE = flags.DEFINE_float('temperature', 32.0, 'Confidence-noise temperature (paper: 32).')
+_SAMPLE_TEMPERATURE = flags.DEFINE_float(
+    'sample_temperature', 1.0, 'Token sampling temperature; below 1 draws nearer the mode.')
 _BEAM = flags.DEFINE_integer('beam_size', 4, 'Captioning beam size (paper: 4; 1 = greedy).')
 
 
@@ -127,7 +129,8 @@ def main(argv):
                                   'images to caption')
   sampler = Sampler(_WORKDIR.value, _STEP.value, beam_size=_BEAM.value,
                     image_kwargs=dict(num_steps=_STEPS.value, guidance_scale=_GUIDANCE.value,
-                                      temperature=_TEMPERATURE.value))
+                                      temperature=_TEMPERATURE.value,
+                                      sample_temperature=_SAMPLE_TEMPERATURE.value))
   out = _OUT.value or os.path.join(_WORKDIR.value, 'samples')
   os.makedirs(out, exist_ok=True)
   rng = jax.random.PRNGKey(_SEED.value)
