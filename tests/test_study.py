@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import shapes as shapes_config
 from experiments.shapes_study import cli
 from experiments.shapes_study import commands
 from experiments.shapes_study import design
@@ -39,7 +40,11 @@ class FakeCLIs:
       with open(os.path.join(flag(command, 'out_dir'), 'prepare_summary.json'), 'w') as f:
         f.write('{}')
     elif module == 'itit.train':
-      workdir, step = flag(command, 'workdir'), int(flag(command, 'config.total_steps'))
+      # The budget's total_steps, else its config's (the laptop level's come from the preset).
+      preset = flag(command, 'config').partition(':')[2]
+      step = int(flag(command, 'config.total_steps')
+                 or shapes_config.get_config(preset).total_steps)
+      workdir = flag(command, 'workdir')
       seed = int(flag(command, 'config.seed'))
       os.makedirs(os.path.join(workdir, 'images'), exist_ok=True)
       Image.new('RGB', (8, 8)).save(os.path.join(workdir, 'images', f'shapes_t2i_{step}.png'))
@@ -58,21 +63,31 @@ def quiet(*args, **kwargs):
   del args, kwargs
 
 
-def default_counts():
-  return design.data_counts(plan.BUDGETS['default'])
+def standard_cells():
+  return design.make_cells(plan.CELLS['standard'])
 
 
-def test_plan_has_the_issue_cells():
-  cells = {c.name: c for c in design.make_cells(plan.CELLS)}
+def laptop_cells():
+  return design.make_cells(plan.CELLS['laptop'])
+
+
+def dry_run(args):
+  lines = []
+  assert cli.main(args + ['--dry_run'], log=lambda *a, **k: lines.append(a[0])) == 0
+  return lines
+
+
+def test_standard_plan_has_the_issue_cells():
+  cells = {c.name: c for c in standard_cells()}
   table = {name: cells[name].row for name in ('row3', 'row7', 'row10', 'row11', 'row12', 'row14')}
   assert table == dict(row3=3, row7=7, row10=10, row11=11, row12=12, row14=14)
   assert cells['all_paired'].as_pairs and cells['all_paired'].extra == 1.0
   assert all(cells[n].seeds >= 3 for n in list(table) + ['all_paired', 'row14_warmup'])
   assert cells['row14_warmup'].row == 14
-  assert cells['row14_warmup'].overrides == design.SCALING_RECIPE == (('cycle.start_step', 400),)
+  assert cells['row14_warmup'].overrides == plan.STANDARD_WARMUP == (('cycle.start_step', 400),)
   # The scaling curve's ITIT cells share one recipe and match the as-pairs cells point for point.
   itit_points = sorted(c.extra for c in cells.values() if c.row == 14 and not c.as_pairs
-                       and c.overrides == design.SCALING_RECIPE and c.paired_fraction is None)
+                       and c.overrides == plan.STANDARD_WARMUP and c.paired_fraction is None)
   pair_points = sorted(c.extra for c in cells.values() if c.as_pairs)
   assert itit_points == pair_points == [0.1, 0.3, 1.0]
   assert [n for n, c in cells.items() if c.row == 14 and not c.overrides
@@ -90,11 +105,41 @@ def test_plan_has_the_issue_cells():
     design.plan_runs(list(cells.values()), ['row99'])
 
 
+def test_laptop_plan_has_the_issue_cells():
+  cells = {c.name: c for c in laptop_cells()}
+  rows = ('row3', 'row7', 'row10', 'row11', 'row12', 'row14')
+  assert {n: cells[n].row for n in rows} == dict(row3=3, row7=7, row10=10, row11=11, row12=12,
+                                                 row14=14)
+  assert all(not cells[n].overrides for n in rows)  # cycles from step 0
+  assert {n: c.seeds for n, c in cells.items() if c.seeds != 3} == dict(row3=5, row14=5)
+  # The warm-up joins halfway through the laptop preset's steps, wherever those are set.
+  half = shapes_config.get_config('laptop').total_steps // 2
+  assert cells['row14_warmup'].overrides == plan.LAPTOP_WARMUP == (('cycle.start_step', half),)
+  assert design.warmup_step(cells['row14_warmup']) == half and f'step {half}' in (
+      cells['row14_warmup'].what)
+  assert cells['all_paired'].as_pairs and cells['all_paired'].extra == 1.0
+  itit_points = sorted(c.extra for c in cells.values() if design.warmup_step(c))
+  pair_points = sorted(c.extra for c in cells.values() if c.as_pairs)
+  assert itit_points == pair_points == [0.1, 0.3, 1.0]
+  comp = {n: (c.row, c.extra, c.as_pairs, c.dataset) for n, c in cells.items() if c.compositional}
+  assert comp == dict(row3_comp=(3, 0.0, False, 'compositional'),
+                      row14_comp=(14, 1.0, False, 'compositional'))
+  assert not any(c.paired_fraction for c in cells.values())
+  runs = design.plan_runs(list(cells.values()))
+  assert len(runs) == 2 * 5 + 12 * 3
+  assert [r.name for r in runs[-4:]] == ['row3-seed4', 'row14-seed4', 'row3-seed5',
+                                         'row14-seed5']
+  quick = design.plan_runs(list(cells.values()), plan.QUICK_CELLS, 1)
+  assert [r.name for r in quick] == ['row3-seed1', 'row14-seed1', 'all_paired-seed1']
+  with pytest.raises(ValueError, match='give paired_fraction or compositional only'):
+    design.make_cells([design.Cell('bad', 3, 1.0, True, 1, 'x', compositional=True)])
+
+
 def test_data_limits_and_extra_scenes():
-  counts = default_counts()
+  counts = design.data_counts(plan.BUDGETS['standard'])
   assert counts == dict(num_train=20000, paired=400, rest=19600, unpaired_image=9800,
                         unpaired_text=9800)
-  cells = {c.name: c for c in design.make_cells(plan.CELLS)}
+  cells = {c.name: c for c in standard_cells()}
   assert design.max_records(cells['itit_u10'], counts) == {'unpaired_image': 980,
                                                            'unpaired_text': 980}
   assert design.max_records(cells['pairs_p30'], counts) == {'paired': 400 + 5880}
@@ -107,9 +152,40 @@ def test_data_limits_and_extra_scenes():
   assert cells['row3'].dataset == cells['row14'].dataset == 'mixed'
 
 
+@pytest.mark.parametrize('budget_name', ['default', 'quick'])
+def test_laptop_data_counts_are_the_laptop_prepare_configs(budget_name):
+  budget = plan.BUDGETS[budget_name]
+  fraction = plan.LAPTOP_PAIRED_FRACTION
+  paired = round(fraction * 480)
+  rest = 480 - paired
+  expected = dict(num_train=480, paired=paired, rest=rest, unpaired_image=(rest + 1) // 2,
+                  unpaired_text=rest // 2)
+  assert design.data_counts(budget) == expected
+  assert design.data_counts(budget, compositional=True) == expected
+  cells = {c.name: c for c in laptop_cells()}
+  assert design.cell_counts(cells['row14_comp'], budget) == expected
+  assert design.max_records(cells['pairs_p10'], expected) == {
+      'paired': paired + round(0.1 * rest)}
+  assert design.extra_scenes(cells['row14'], expected) == rest
+  assert design.datasets(cells.values(), budget) == {
+      'mixed': f'laptop,{fraction}', 'pairs': 'laptop,1.0',
+      'compositional': f'laptop,{fraction},compositional'}
+  # The split the counts describe is the one the prepare config makes.
+  from configs import prepare_shapes  # pylint: disable=g-import-not-at-top
+  from itit.data import shapes_splits  # pylint: disable=g-import-not-at-top
+  config = prepare_shapes.get_config(design.prepare_arg(budget, fraction, compositional=True))
+  splits = shapes_splits.make_splits(
+      0, paired_fraction=fraction, num_train=config.shapes.num_train,
+      num_test=config.shapes.num_test, max_objects=config.shapes.max_objects,
+      heldout_combinations=(), paired_looks_fraction=config.shapes.paired_looks)
+  assert [len(splits[s]) for s in ('paired', 'unpaired_image', 'unpaired_text', 'test')] == [
+      paired, expected['unpaired_image'], expected['unpaired_text'], 96]
+  assert splits['novel_test'] and 'novel_test' in config.streams
+
+
 def test_paired_fraction_sweep_cells_hold_the_pairs_of_their_row3_twins():
-  budget = plan.BUDGETS['default']
-  cells = {c.name: c for c in design.make_cells(plan.CELLS)}
+  budget = plan.BUDGETS['standard']
+  cells = {c.name: c for c in standard_cells()}
   for sweep, twin in (('row14_p10', 'pairs_p10'), ('row14_p30', 'pairs_p30')):
     counts = design.cell_counts(cells[sweep], budget)
     twin_pairs = design.max_records(cells[twin], design.cell_counts(cells[twin], budget))['paired']
@@ -118,11 +194,11 @@ def test_paired_fraction_sweep_cells_hold_the_pairs_of_their_row3_twins():
     assert design.max_records(cells[sweep], counts) == {}
     assert design.extra_scenes(cells[sweep], counts) == 20000 - twin_pairs
   assert design.datasets(cells.values(), budget) == {
-      'mixed': 0.02, 'pairs': 1.0, 'mixed_p0.118': 0.118, 'mixed_p0.314': 0.314}
+      'mixed': '0.02', 'pairs': '1.0', 'mixed_p0.118': '0.118', 'mixed_p0.314': '0.314'}
   # make_splits pairs a prefix of one shuffled order, so the sweep's pairs ARE the twin's.
-  from itit.data import shapes  # pylint: disable=g-import-not-at-top
-  small = shapes.make_splits(0, paired_fraction=0.118, num_train=2000, num_test=50)
-  everything = shapes.make_splits(0, paired_fraction=1.0, num_train=2000, num_test=50)
+  from itit.data import shapes_splits  # pylint: disable=g-import-not-at-top
+  small = shapes_splits.make_splits(0, paired_fraction=0.118, num_train=2000, num_test=50)
+  everything = shapes_splits.make_splits(0, paired_fraction=1.0, num_train=2000, num_test=50)
   assert small['paired'] == everything['paired'][:236]
   with pytest.raises(ValueError, match='paired_fraction None or in'):
     design.make_cells([('bad', 14, 1.0, False, 1, 'x', (), 1.5)])
@@ -130,10 +206,11 @@ def test_paired_fraction_sweep_cells_hold_the_pairs_of_their_row3_twins():
     design.make_cells([('bad', 3, 0.1, True, 1, 'x', (), 0.1)])
 
 
-def test_estimate_counts_warmup_steps_without_the_cycles(tmp_path):
-  budget = plan.BUDGETS['default']
+@pytest.mark.parametrize('level', ['laptop', 'standard'])
+def test_estimate_counts_warmup_steps_without_the_cycles(level, tmp_path):
+  budget = plan.BUDGETS[plan.budget_name(level, quick=False)]
   paths = commands.Paths(str(tmp_path), str(tmp_path / 'work'), str(tmp_path / 'vq'))
-  cells = {c.name: c for c in design.make_cells(plan.CELLS)}
+  cells = {c.name: c for c in design.make_cells(plan.CELLS[level])}
   counts = design.cell_counts(cells['row14'], budget)
   seconds = {name: commands.estimated_seconds(design.Run(cells[name], 1), paths, budget, counts)
              for name in ('row14', 'row14_warmup')}
@@ -146,18 +223,30 @@ def test_estimate_counts_warmup_steps_without_the_cycles(tmp_path):
   assert 0 < uncycled < full
   rate = budget['estimate']['gflops_per_s'] * 1e9
   overhead = budget['estimate']['overhead_s']
-  assert seconds['row14'] == pytest.approx(overhead + 800 * full / rate)
-  assert seconds['row14_warmup'] == pytest.approx(overhead + 400 * (full + uncycled) / rate)
+  steps = {'laptop': shapes_config.get_config('laptop').total_steps, 'standard': 800}[level]
+  assert config.total_steps == steps
+  assert seconds['row14'] == pytest.approx(overhead + steps * full / rate)
+  half = steps // 2
+  assert seconds['row14_warmup'] == pytest.approx(overhead + half * (full + uncycled) / rate)
 
 
-@pytest.mark.parametrize('mode', ['default', 'quick'])
+@pytest.mark.parametrize('mode', sorted(plan.BUDGETS))
 def test_every_budget_override_is_a_config_field(mode, tmp_path):
   budget = plan.BUDGETS[mode]
+  level = budget['level'] or 'standard'
+  assert mode in plan.LEVELS[level]
   paths = commands.Paths(str(tmp_path), str(tmp_path / 'work'), str(tmp_path / 'vq'))
-  for run in design.plan_runs(design.make_cells(plan.CELLS), seeds=1):
+  # The laptop default budget takes its steps, lr and batches from the preset; it sets only
+  # seed-independent evaluation fields.
+  preset_steps = shapes_config.get_config(budget['level']).total_steps
+  if mode == 'default':
+    assert sorted(budget['train']) == ['eval.evaluators', 'eval.shapes_splits']
+    assert not budget['fid'] and budget['train']['eval.shapes_splits'] == 'test'
+  for run in design.plan_runs(design.make_cells(plan.CELLS[level]), seeds=1):
     counts = design.cell_counts(run.cell, budget)
     config = commands.train_config(run, paths, budget, counts)
-    assert config.total_steps == budget['train']['total_steps']
+    assert config.total_steps == budget['train'].get('total_steps', preset_steps)
+    assert config.model.image_grid == (3 if level == 'laptop' else 8)
     assert commands.estimated_seconds(run, paths, budget, counts) > budget['estimate']['overhead_s']
   from configs import vqgan_shapes  # pylint: disable=g-import-not-at-top
   arg = budget['vqgan_config'].partition(':')[2]
@@ -166,10 +255,9 @@ def test_every_budget_override_is_a_config_field(mode, tmp_path):
     design.set_fields(vqgan_shapes.get_config(), {'total_stepz': 1}, 'train')
 
 
-def test_dry_run_prints_the_exact_commands(tmp_path):
-  lines = []
+def test_standard_level_dry_run_prints_the_exact_commands(tmp_path):
   out = tmp_path / 'out'
-  assert cli.main(['--out', str(out), '--dry_run'], log=lambda *a, **k: lines.append(a[0])) == 0
+  lines = dry_run(['--out', str(out), '--level', 'standard'])
   text = '\n'.join(lines)
   assert re.search(r'Plan: 36 runs, ~\d+h\d\dm estimated', text)
   assert '-m itit.train_tokenizer --config=configs/vqgan_shapes.py ' in text
@@ -193,7 +281,85 @@ def test_dry_run_prints_the_exact_commands(tmp_path):
   row14 = next(line for line in lines if 'runs/row14-seed3 ' in line)
   assert 'start_step' not in row14
   assert '-m itit.sample' in text and '--cycle=4' in text
+  assert 'laptop' not in text and 'novel_test' not in text and 'compositional' not in text
   assert not out.exists()  # a dry run writes nothing
+
+
+def test_laptop_dry_run_names_the_laptop_presets(tmp_path):
+  out = tmp_path / 'out'
+  lines = dry_run(['--out', str(out)])
+  text = '\n'.join(lines)
+  assert re.search(r'Plan: 46 runs, ~\d+h\d\dm estimated', text)
+  assert "Level: laptop (budget 'default'); data: {'num_train': 480, " in text
+  fraction = plan.LAPTOP_PAIRED_FRACTION
+  assert text.count('-m itit.train_tokenizer --config=configs/vqgan_shapes.py:laptop ') == 1
+  assert f'-m itit.prepare --config=configs/prepare_shapes.py:laptop,{fraction} ' in text
+  assert '-m itit.prepare --config=configs/prepare_shapes.py:laptop,1.0 ' in text
+  comp_prepare = next(line for line in lines if f'prepare_shapes.py:laptop,{fraction},'
+                      'compositional ' in line)
+  assert f'--out_dir={out}/work/data_compositional ' in comp_prepare
+  assert f'--config.text_tokenizer={out}/work/data_mixed/spiece.model' in comp_prepare
+  trains = [line for line in lines if '-m itit.train ' in line]
+  assert len(trains) == 46
+  assert all(re.search(r' --config=configs/shapes\.py:row\d+,laptop ', line) for line in trains)
+  # The preset sets steps, lr and batches; the budget adds only the evaluation it needs.
+  assert not any(f'--config.{field}' in line for line in trains
+                 for field in ('total_steps', 'optimizer', 'batch', 'eval.inception'))
+  row3 = next(line for line in trains if 'runs/row3-seed5 ' in line)
+  assert row3.endswith('--config.eval.evaluators=shapes,cycle --config.eval.shapes_splits=test')
+  half = shapes_config.get_config('laptop').total_steps // 2
+  warmup = next(line for line in trains if 'runs/row14_warmup-seed3 ' in line)
+  assert f' --config.cycle.start_step={half}' in warmup
+  itit_u10 = next(line for line in trains if 'runs/itit_u10-seed1 ' in line)
+  unpaired = round(0.1 * design.data_counts(plan.BUDGETS['default'])['unpaired_image'])
+  assert f'--config.data.max_records.unpaired_image={unpaired}' in itit_u10
+  for name in ('row3_comp', 'row14_comp'):
+    line = next(line for line in trains if f'runs/{name}-seed3 ' in line)
+    assert f'--config.data.dir={out}/work/data_compositional ' in line
+    assert '--config.eval.shapes_splits=test,novel_test' in line
+  assert sum('novel_test' in line for line in trains) == 6
+  assert '--num_steps=4' in next(line for line in lines if '-m itit.sample' in line)
+  assert not out.exists()
+
+
+def test_laptop_quick_dry_run(tmp_path):
+  lines = dry_run(['--out', str(tmp_path / 'out'), '--quick'])
+  text = '\n'.join(lines)
+  assert re.search(r'Plan: 3 runs, ~\dm\d\ds estimated', text)
+  assert '-m itit.train_tokenizer --config=configs/vqgan_shapes.py:laptop ' in text
+  assert '--config.total_steps=800' in next(line for line in lines if 'train_tokenizer' in line)
+  trains = [line for line in lines if '-m itit.train ' in line]
+  assert [re.search(r'runs/(\S+) ', line).group(1) for line in trains] == [
+      'row3-seed1', 'row14-seed1', 'all_paired-seed1']
+  assert all(',laptop ' in line and '--config.total_steps=300 ' in line for line in trains)
+  assert 'prepare_compositional' not in text  # no compositional cell in the quick plan
+
+
+def test_standard_quick_is_the_old_quick(tmp_path):
+  lines = dry_run(['--out', str(tmp_path / 'out'), '--quick', '--level', 'standard'])
+  text = '\n'.join(lines)
+  assert "budget 'standard_quick'" in text and 'laptop' not in text
+  assert '-m itit.train_tokenizer --config=configs/vqgan_shapes.py:quick ' in text
+  assert '--config=configs/shapes.py:row14 ' in text and '--config.total_steps=60 ' in text
+
+
+def test_a_bad_level_is_one_error_line(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(['--out', str(tmp_path), '--level', 'huge', '--dry_run'])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and err.startswith('error: ') and "'huge'" in err
+  assert 'laptop' in err and 'standard' in err
+
+
+def test_a_warmup_after_the_last_step_is_refused_before_any_command(tmp_path):
+  fake, lines = FakeCLIs(), []
+  args = ['--out', str(tmp_path / 'out'), '--quick', '--cells', 'row3,row14_warmup']
+  assert cli.main(args, runner=fake, log=lines.append) == 2
+  assert fake.commands == [] and not (tmp_path / 'out').exists()
+  half = shapes_config.get_config('laptop').total_steps // 2
+  assert lines == [f'error: the cycles of row14_warmup (step {half} of 300) would join after '
+                   'the last training step; leave these cells out of --cells at this budget']
 
 
 def test_config_changes_fill_new_fields_from_base_defaults():
@@ -213,10 +379,12 @@ def test_config_changes_fill_new_fields_from_base_defaults():
 def test_a_config_change_since_a_run_started_stops_the_study(tmp_path):
   out, vqgan = tmp_path / 'out', tmp_path / 'vqgan'
   vqgan.mkdir()
-  args = ['--out', str(out), '--quick', '--vqgan', str(vqgan)]
-  budget = plan.BUDGETS['quick']
+  # The standard level: its config keeps base's loss.t2i_mask_schedule (the laptop preset's
+  # is another).
+  args = ['--out', str(out), '--quick', '--level', 'standard', '--vqgan', str(vqgan)]
+  budget = plan.BUDGETS['standard_quick']
   paths = commands.Paths(str(out), str(out / 'work'), str(vqgan))
-  run = design.Run({c.name: c for c in design.make_cells(plan.CELLS)}['row14'], 1)
+  run = design.Run({c.name: c for c in standard_cells()}['row14'], 1)
   config = json.loads(commands.train_config(run, paths, budget,
                                             design.cell_counts(run.cell, budget)).to_json())
   # Written before loss.t2i_mask_schedule existed: base's default is what the run did.
@@ -262,7 +430,8 @@ def test_runs_resume_and_never_touch_finished_cells(tmp_path):
   assert json.loads(kept.read_text()) == finished
   row14 = json.loads((out / 'cells' / 'row14-seed1.json').read_text())
   assert row14['metrics'] == {'shapes/i2t_exact': 0.1, 'shapes/t2i_exact': 0.05}
-  assert row14['step'] == 60 and row14['extra_scenes'] == 1960 and row14['timed']
+  assert row14['step'] == 300 and row14['extra_scenes'] == 456 and row14['timed']
+  assert row14['paired_records'] == design.data_counts(plan.BUDGETS['quick'])['paired']
   assert not json.loads((out / 'cells' / 'all_paired-seed1.json').read_text())['timed']
   assert (out / 'samples' / 'row14-seed1_shapes_t2i.png').is_file()
   assert (out / 'cycle_chain.png').is_file()
@@ -308,7 +477,7 @@ def test_report_table_and_scaling_plot(tmp_path):
   write_cell(out, 'pairs_p10', 3, 0.1, True, 1, {'shapes/i2t_exact': 0.55}, 1960, 2360)
   write_cell(out, 'row14_p10', 14, 1.0, False, 1, {'shapes/i2t_exact': 0.75}, 17640, 2360)
   paths = commands.Paths(str(out), str(out / 'work'), '')
-  readme = report.write_report(design.make_cells(plan.CELLS), paths)
+  readme = report.write_report(standard_cells(), paths)
 
   table = (out / 'table2.md').read_text()
   # The cells' tables (the per-seed differences come later, with their own columns).
@@ -337,7 +506,7 @@ def test_report_table_and_scaling_plot(tmp_path):
   assert re.search(r'\| row14_warmup \| 1 \|', differences)
   assert 'itit_u10' not in differences and 'row14_p10' not in differences
 
-  cells = design.make_cells(plan.CELLS)
+  cells = standard_cells()
   results = tables.load_results(str(out))
   series = tables.scaling_series(cells, results, 'shapes/i2t_exact')
   assert list(series) == list(tables.SCALING_SERIES)
@@ -366,8 +535,71 @@ def test_report_table_and_scaling_plot(tmp_path):
   assert '[ANALYSIS.md](ANALYSIS.md)' in open(report.write_report(cells, paths)).read()
 
 
+def test_report_shows_the_novel_looks_of_the_compositional_cells(tmp_path):
+  out = tmp_path / 'out'
+  for seed in (1, 2, 3):
+    write_cell(out, 'row3', 3, 0.0, False, seed, {'shapes/i2t_exact': 0.5}, 0, 24)
+    write_cell(out, 'row3_comp', 3, 0.0, False, seed,
+               {'shapes/i2t_exact': 0.5, 'shapes_novel_test/i2t_exact': 0.1 * seed,
+                'shapes_novel_test/t2i_exact': 0.1}, 0, 24)
+  for seed in (1, 2):
+    write_cell(out, 'row14_comp', 14, 1.0, False, seed,
+               {'shapes/i2t_exact': 0.6, 'shapes_novel_test/i2t_exact': 0.1 * seed + 0.2,
+                'shapes_novel_test/t2i_exact': 0.05}, 456, 24)
+  cells = laptop_cells()
+  readme = report.write_report(cells, commands.Paths(str(out), str(out / 'work'), ''))
+  table = (out / 'table2.md').read_text()
+  main, compositional = table.split('## Compositional data (novel looks)')
+  # The main table: no compositional cell, and no column that no run has (held-out, FID).
+  main_header = next(line for line in main.splitlines() if line.startswith('| cell'))
+  assert 'row3_comp' not in main and 'held-out' not in main_header and 'FID' not in main_header
+  header = next(line for line in compositional.splitlines() if line.startswith('| cell'))
+  column = {name.strip(' |'): i for i, name in enumerate(header.split(' | '))}
+  listed, differences = compositional.split('Each cell minus row3_comp on the same seed')
+  rows = {line.split(' | ')[0][2:]: line.split(' | ') for line in listed.splitlines()
+          if line.startswith('| row')}
+  assert rows['row3_comp'][column['caption exact % (novel looks)']] == '20.0 ± 10.0'
+  assert rows['row14_comp'][column['caption exact % (novel looks)']] == '35.0 ± 7.1'
+  assert rows['row14_comp'][column['T2I exact % (novel looks)']].strip(' |') == '5.0 ± 0.0'
+  assert rows['row14_comp'][column['data']] == '24 pairs + 456 unpaired'
+  # Per seed against row3_comp, on the novel looks: +20 and +20 points of caption exact.
+  assert '| row14_comp | 1,2 | +20.0 ± 0.0 (2/2) | -5.0 ± 0.0 (0/2) | – | – |' in differences
+  results = tables.load_results(str(out))
+  # Compositional cells are on neither curve.
+  itit, pairs, _ = tables.scaling_series(cells, results, 'shapes/i2t_exact').values()
+  assert [x for x, _, _ in itit] == [x for x, _, _ in pairs] == [0]
+  row3_curve, _ = tables.sweep_series(cells, results, 'shapes/i2t_exact').values()
+  assert [(x, round(m, 6)) for x, m, _ in row3_curve] == [(24, 50.0)]
+  text = open(readme).read()
+  assert 'Status: 8 of the plan\'s 46 runs are finished' in text
+  assert f'--out {out}`' in text  # the laptop level needs no flag
+  half = shapes_config.get_config('laptop').total_steps // 2
+  assert f'(ITIT: cycles from step {half}, ' in text
+
+
+def test_a_study_recorded_before_levels_resumes_at_the_standard_level(tmp_path):
+  out, vqgan = tmp_path / 'out', tmp_path / 'vqgan'
+  vqgan.mkdir()
+  tail = ['--quick', '--vqgan', str(vqgan), '--cells', 'row3']
+  standard = ['--out', str(out), '--level', 'standard'] + tail
+  assert cli.main(standard, runner=FakeCLIs(), log=quiet) == 0
+  meta_path = out / 'study.json'
+  meta = json.loads(meta_path.read_text())
+  assert meta['level'] == 'standard' and meta['budget']['level'] == ''
+  assert f'--out {out} --level standard --quick`' in (out / 'README.md').read_text()
+  # study.json as written before levels existed: the same budget, without `level`.
+  del meta['level'], meta['budget']['level']
+  meta_path.write_text(json.dumps(meta))
+  fake = FakeCLIs()
+  assert cli.main(standard, runner=fake, log=quiet) == 0 and fake.commands == []
+  lines = []
+  assert cli.main(['--out', str(out)] + tail, runner=fake, log=lines.append) == 1
+  assert fake.commands == []
+  assert 'holds a study run with another budget (it is a --level standard study)' in lines[-1]
+
+
 def test_seed_differences_pair_runs_by_seed():
-  cells = design.make_cells(plan.CELLS)
+  cells = standard_cells()
   metrics = (('shapes/i2t_color', 'caption colour', 100.0),
              ('shapes/t2i_shape', 'T2I shape', 100.0))
   run = lambda seed, **m: {'seed': seed, 'metrics': m}
@@ -415,7 +647,8 @@ def test_a_changed_budget_is_refused_not_mixed(tmp_path):
   fake, lines = FakeCLIs(), []
   assert cli.main(args, runner=fake, log=lines.append) == 1
   assert fake.commands == []
-  assert 'train.total_steps: 30 -> 60' in lines[-1] and 'estimate' not in lines[-1]
+  assert 'train.total_steps: 30 -> 300' in lines[-1] and 'estimate' not in lines[-1]
+  assert 'it is a --level' not in lines[-1]
   budget = plan.BUDGETS['quick']
   assert commands.budget_changes(None, budget) == []
   assert commands.budget_changes(json.loads(json.dumps(budget)), budget) == []
@@ -433,17 +666,19 @@ def test_a_changed_budget_is_refused_not_mixed(tmp_path):
 def test_a_pinned_train_field_that_differs_from_the_runs_is_refused(tmp_path,
                                                                    monkeypatch):
   """Pinning a value the started runs did not have passes the budget check and is caught by
-  the runs' own configs."""
+  the runs' own configs. At the standard level, whose config keeps base's
+  loss.t2i_mask_schedule (the laptop preset's is the one pinned here)."""
   out, vqgan = tmp_path / 'out', tmp_path / 'vqgan'
   vqgan.mkdir()
-  args = ['--out', str(out), '--quick', '--vqgan', str(vqgan), '--cells', 'row3']
+  args = ['--out', str(out), '--quick', '--level', 'standard', '--vqgan', str(vqgan),
+          '--cells', 'row3']
   assert cli.main(args, runner=FakeCLIs(), log=quiet) == 0
-  budget = plan.BUDGETS['quick']
+  budget = plan.BUDGETS['standard_quick']
   paths = commands.Paths(str(out), str(out / 'work'), str(vqgan))
-  run = design.Run({c.name: c for c in design.make_cells(plan.CELLS)}['row3'], 1)
+  run = design.Run({c.name: c for c in standard_cells()}['row3'], 1)
   config = commands.train_config(run, paths, budget, design.cell_counts(run.cell, budget))
   (out / 'work' / 'runs' / 'row3-seed1' / 'config.json').write_text(config.to_json())
-  monkeypatch.setitem(plan.BUDGETS, 'quick', dict(budget, train=dict(
+  monkeypatch.setitem(plan.BUDGETS, 'standard_quick', dict(budget, train=dict(
       budget['train'], **{'loss.t2i_mask_schedule': 'cosine'})))
   fake, lines = FakeCLIs(), []
   assert cli.main(args, runner=fake, log=lines.append) == 1

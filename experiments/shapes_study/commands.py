@@ -20,7 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 STUDY_COMMAND = ('python', '-m', 'experiments.shapes_study')
 # The evaluators' figures copied next to the report, by their name in the run's images/.
 SAMPLE_GRIDS = ('shapes_t2i', 'shapes_i2t', 'shapes_heldout_test_t2i',
-                'shapes_heldout_test_i2t', 'cycle_i2t2i')
+                'shapes_heldout_test_i2t', 'shapes_novel_test_t2i', 'shapes_novel_test_i2t',
+                'cycle_i2t2i')
 
 
 class StudyError(RuntimeError):
@@ -65,8 +66,10 @@ def vqgan_command(paths: Paths, budget) -> list[str]:
           f'--workdir={paths.vqgan}'] + flag_args(budget['vqgan'])
 
 
-def prepare_command(paths: Paths, budget, dataset: str, fraction: float) -> list[str]:
-  command = [sys.executable, '-m', 'itit.prepare', f'--config=configs/prepare_shapes.py:{fraction}',
+def prepare_command(paths: Paths, budget, dataset: str, arg: str) -> list[str]:
+  """The command preparing `dataset`; `arg`: its configs/prepare_shapes.py argument
+  (design.datasets)."""
+  command = [sys.executable, '-m', 'itit.prepare', f'--config=configs/prepare_shapes.py:{arg}',
              f'--out_dir={paths.data(dataset)}', f'--config.image_tokenizer={paths.vqgan}']
   if dataset != 'mixed':  # one SentencePiece model for every dataset
     command.append(f'--config.text_tokenizer={os.path.join(paths.data("mixed"), "spiece.model")}')
@@ -89,10 +92,19 @@ def inception_command(paths: Paths, source: str) -> list[str]:
           '--output', paths.inception]
 
 
+def train_config_arg(run: design.Run, budget) -> str:
+  """The configs/shapes.py argument of a run: its table-2 row at the budget's level."""
+  return ','.join(part for part in (f'row{run.cell.row}', budget['level']) if part)
+
+
 def train_overrides(run: design.Run, paths: Paths, budget, counts, fid: bool) -> dict:
   overrides = {'data.dir': paths.data(run.cell.dataset), 'seed': run.seed}
   overrides.update(budget['train'])
   overrides.update(dict(run.cell.overrides))
+  if run.cell.compositional:
+    # The test scenes with a look no pair shows, what the cell is about (every budget names
+    # its eval splits).
+    overrides['eval.shapes_splits'] += ',novel_test'
   overrides.update({f'data.max_records.{s}': n
                     for s, n in design.max_records(run.cell, counts).items()})
   if fid:
@@ -103,7 +115,8 @@ def train_overrides(run: design.Run, paths: Paths, budget, counts, fid: bool) ->
 
 
 def train_command(run: design.Run, paths: Paths, budget, counts, fid: bool) -> list[str]:
-  return ([sys.executable, '-m', 'itit.train', f'--config=configs/shapes.py:row{run.cell.row}',
+  return ([sys.executable, '-m', 'itit.train',
+           f'--config=configs/shapes.py:{train_config_arg(run, budget)}',
            f'--workdir={paths.run(run)}']
           + flag_args(train_overrides(run, paths, budget, counts, fid)))
 
@@ -118,7 +131,7 @@ def sample_command(run: design.Run, paths: Paths, budget, prompts, out: str) -> 
 def train_config(run: design.Run, paths: Paths, budget, counts, fid: bool = False):
   """The run's training config, built as `itit.train` builds it from the command."""
   from configs import shapes  # pylint: disable=g-import-not-at-top
-  config = shapes.get_config(f'row{run.cell.row}')
+  config = shapes.get_config(train_config_arg(run, budget))
   return design.set_fields(config, train_overrides(run, paths, budget, counts, fid=fid),
                            f'budget train ({run.name})')
 
@@ -167,13 +180,17 @@ def budget_changes(saved: dict | None, budget: dict) -> list[str]:
   nothing was recorded); compared as JSON, as study.json stores it. The ETA prior ('estimate')
   changes no result and is not compared. A 'train' override added since is not compared here:
   it pins a config field (e.g. an old default kept after configs/ changed), and whether the
-  started runs had that value is `run_config_changes`' check, against their own configs."""
+  started runs had that value is `run_config_changes`' check, against their own configs. A
+  section added since at an empty value (`level` '', the standard level every study recorded
+  before levels existed) is the behaviour the saved budget had, and is not a change either."""
   if saved is None:
     return []
   now = json.loads(json.dumps(budget))
   changes = []
   for section in sorted((set(saved) | set(now)) - {'estimate'}):
     old, new = saved.get(section), now.get(section)
+    if section not in saved and not new:
+      continue
     if isinstance(old, dict) and isinstance(new, dict):
       keys = set(old) | (set(new) if section != 'train' else set())
       changes += [f'{section}.{k}: {old.get(k)!r} -> {new.get(k)!r}'

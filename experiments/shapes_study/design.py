@@ -2,16 +2,22 @@
 
 A *cell* is one training setup: a table-2 row and the data it sees. `extra` is the fraction of
 the training scenes outside the small paired set that the cell uses, either as unpaired images
-and texts (ITIT's cycles; `itit.data.shapes.make_splits` halves them into disjoint image and
-text scenes) or, with `as_pairs`, as more pairs (`make_splits` extends the same paired set). A
-cell runs once per seed: a *run*, whose results are one JSON file `OUT/cells/<cell>-seed<k>.json`.
+and texts (ITIT's cycles; `itit.data.shapes_splits.make_splits` halves them into disjoint
+image and text scenes) or, with `as_pairs`, as more pairs (`make_splits` extends the same
+paired set). A cell runs once per seed: a *run*, whose results are one JSON file
+`OUT/cells/<cell>-seed<k>.json`.
 
 Two prepared datasets serve the table and the scaling curve: 'mixed' (the paired fraction +
 unpaired images and texts) and 'pairs' (every training scene paired); partial data is
 `data.max_records`, the first records of a stream (itit/trainer/train_data.py). A cell of the
 paired-fraction sweep (`paired_fraction`) reads its own 'mixed_p<fraction>', prepared at that
 fraction: `make_splits` pairs the first scenes of the same shuffled order at every fraction, so
-it holds exactly the pairs of the as-pairs cell with as many.
+it holds exactly the pairs of the as-pairs cell with as many. A `compositional` cell reads
+'compositional', prepared with configs/prepare_shapes.py's `compositional` preset (the pairs show
+half of the colour x shape looks, the unpaired data all) at the same fraction.
+
+Every dataset is prepared at the budget's level (`prepare_arg`), so the counts here are the
+prepared streams' counts at either level.
 """
 from __future__ import annotations
 
@@ -19,11 +25,22 @@ import dataclasses
 
 from configs import base
 
-# The ITIT recipe of the scaling curve: the cycles join at step 400 of the default budget's 800.
-# Row 14 with cycles from step 0 trains on pseudo pairs that are still noise at this budget and
-# ends below pairs only (docs/results/ANALYSIS.md, sections 1-3), which would make the curve a
-# measure of that, not of how much unpaired data buys; its full-data point is drawn on its own.
-SCALING_RECIPE = (('cycle.start_step', 400),)
+
+def cycle_warmup(start_step: int) -> tuple[tuple[str, int], ...]:
+  """The ITIT recipe of the scaling curve: the cycles join at `start_step` (plan.py: halfway).
+
+  Row 14 with cycles from step 0 trains on pseudo pairs that are still noise early on, and at
+  the standard level's budget ended below pairs only (docs/results/ANALYSIS.md, sections 1-3),
+  which would make the curve a measure of that, not of how much unpaired data buys; its
+  full-data point is drawn on its own.
+  """
+  return (('cycle.start_step', start_step),)
+
+
+def warmup_step(cell) -> int | None:
+  """The step a cell's cycles join at when its only override is a `cycle_warmup`, else None."""
+  step = dict(cell.overrides).get('cycle.start_step') if len(cell.overrides) == 1 else None
+  return step if step else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +57,16 @@ class Cell:
   # The paired fraction of the cell's data, None for the budget's: a point of the paired-fraction
   # sweep, also kept off the scaling curve.
   paired_fraction: float | None = None
+  # The pairs show only half of the colour x shape looks (the unpaired data all of them); the
+  # cell is also evaluated on 'novel_test', the test scenes with a look no pair shows.
+  compositional: bool = False
 
   @property
   def dataset(self) -> str:
     if self.as_pairs and self.extra > 0:
       return 'pairs'
-    return 'mixed' if self.paired_fraction is None else f'mixed_p{self.paired_fraction:g}'
+    name = 'compositional' if self.compositional else 'mixed'
+    return name if self.paired_fraction is None else f'{name}_p{self.paired_fraction:g}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +80,7 @@ class Run:
 
 
 def make_cells(table) -> list[Cell]:
-  cells = [Cell(*row) for row in table]
+  cells = [row if isinstance(row, Cell) else Cell(*row) for row in table]
   for cell in cells:
     if cell.row not in base.TABLE2_ROWS or not 0.0 <= cell.extra <= 1.0 or cell.seeds < 1 or (
         not all(isinstance(o, tuple) and len(o) == 2 for o in cell.overrides)) or (
@@ -67,9 +88,9 @@ def make_cells(table) -> list[Cell]:
       raise ValueError(f'study cell {cell}: row must be one of {sorted(base.TABLE2_ROWS)}, '
                        'extra in [0, 1], seeds >= 1, overrides (field, value) pairs and '
                        'paired_fraction None or in (0, 1)')
-    if cell.paired_fraction is not None and cell.as_pairs:
+    if cell.as_pairs and (cell.paired_fraction is not None or cell.compositional):
       raise ValueError(f'study cell {cell.name}: an as-pairs cell reads the all-pairs data; '
-                       'give paired_fraction only to cells of the mixed data')
+                       'give paired_fraction or compositional only to cells of unpaired data')
     uses_unpaired = base.TABLE2_ROWS[cell.row][2:] != ('none', 'none')
     if uses_unpaired and (cell.as_pairs or cell.extra == 0):
       raise ValueError(f'study cell {cell.name}: row {cell.row} trains on unpaired data; give it '
@@ -107,13 +128,22 @@ def set_fields(config, overrides: dict, what: str):
   return config
 
 
-def data_counts(budget, paired_fraction: float | None = None) -> dict[str, int]:
+def prepare_arg(budget, fraction: float, compositional: bool = False) -> str:
+  """The configs/prepare_shapes.py argument of a dataset: the budget's level, the paired
+  fraction and the compositional preset, e.g. 'laptop,0.05,compositional' ('0.02' at the
+  standard level)."""
+  return ','.join(part for part in (budget['level'], str(fraction),
+                                    'compositional' if compositional else '') if part)
+
+
+def data_counts(budget, paired_fraction: float | None = None,
+                compositional: bool = False) -> dict[str, int]:
   """Record counts of the prepared streams, computed as `make_splits` splits the scenes, at the
-  budget's paired fraction or `paired_fraction`."""
+  budget's paired fraction or `paired_fraction`, from the config the prepare command reads."""
   from configs import prepare_shapes  # pylint: disable=g-import-not-at-top
   fraction = budget['paired_fraction'] if paired_fraction is None else paired_fraction
-  config = set_fields(prepare_shapes.get_config(str(fraction)), budget['prepare'],
-                      'budget prepare')
+  config = set_fields(prepare_shapes.get_config(prepare_arg(budget, fraction, compositional)),
+                      budget['prepare'], 'budget prepare')
   num_train = config.shapes.num_train
   paired = round(config.shapes.paired_fraction * num_train)
   rest = num_train - paired
@@ -124,16 +154,22 @@ def data_counts(budget, paired_fraction: float | None = None) -> dict[str, int]:
 def cell_counts(cell: Cell, budget) -> dict[str, int]:
   """`data_counts` of the paired split the cell starts from (the counts every function below
   takes)."""
-  return data_counts(budget, cell.paired_fraction)
+  return data_counts(budget, cell.paired_fraction, cell.compositional)
 
 
-def datasets(cells, budget) -> dict[str, float]:
-  """{dataset: the paired fraction it is prepared at} of the cells, 'mixed' first: its
-  SentencePiece model is the others' too, so every dataset tokenizes text alike."""
-  fractions = {'mixed': budget['paired_fraction']}
+def datasets(cells, budget) -> dict[str, str]:
+  """{dataset: its `prepare_arg`} of the cells, 'mixed' first: its SentencePiece model is the
+  others' too, so every dataset tokenizes text alike."""
+  args = {'mixed': prepare_arg(budget, budget['paired_fraction'])}
   for cell in cells:
-    fractions.setdefault(cell.dataset, 1.0 if cell.dataset == 'pairs' else cell.paired_fraction)
-  return fractions
+    if cell.dataset == 'pairs':
+      fraction = 1.0
+    elif cell.paired_fraction is None:
+      fraction = budget['paired_fraction']
+    else:
+      fraction = cell.paired_fraction
+    args.setdefault(cell.dataset, prepare_arg(budget, fraction, cell.compositional))
+  return args
 
 
 def max_records(cell: Cell, counts) -> dict[str, int]:

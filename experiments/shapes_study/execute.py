@@ -36,14 +36,15 @@ def run_command(command: list[str], log_path: str) -> None:
 
 def setup_steps(paths, budget, datasets, fid_source, reuse_vqgan: bool):
   """(name, command, done) of the steps before the runs; `done` is a marker file. `datasets`:
-  {name: paired fraction}, 'mixed' first (the others reuse its SentencePiece model)."""
+  {name: configs/prepare_shapes.py argument} (design.datasets), 'mixed' first (the others reuse
+  its SentencePiece model)."""
   steps = []
   if not reuse_vqgan:
     steps.append(('vqgan', commands.vqgan_command(paths, budget),
                   os.path.join(paths.vqgan, 'eval.json')))
-  for dataset, fraction in datasets.items():
+  for dataset, arg in datasets.items():
     steps.append((f'prepare_{dataset}',
-                  commands.prepare_command(paths, budget, dataset, fraction),
+                  commands.prepare_command(paths, budget, dataset, arg),
                   os.path.join(paths.data(dataset), 'prepare_summary.json')))
   if fid_source:
     steps.append(('inception', commands.inception_command(paths, fid_source), paths.inception))
@@ -111,9 +112,13 @@ def execute_runs(runs, paths, budget, fid: bool, runner=run_command, log=print,
     eta = commands.eta_seconds(remaining, done_estimates, done_seconds)
     m = result['metrics']
     duration = metric_writer.format_duration
+    novel = ''
+    if 'shapes_novel_test/i2t_exact' in m:  # a compositional cell: also the looks no pair shows
+      novel = (f' (novel looks: {m["shapes_novel_test/i2t_exact"]:.1%}, '
+               f'{m.get("shapes_novel_test/t2i_exact", float("nan")):.1%})')
     log(f'{prefix}: done in {duration(result["seconds"])} | caption exact '
         f'{m.get("shapes/i2t_exact", float("nan")):.1%}, T2I exact '
-        f'{m.get("shapes/t2i_exact", float("nan")):.1%} | elapsed '
+        f'{m.get("shapes/t2i_exact", float("nan")):.1%}{novel} | elapsed '
         f'{duration(time.time() - started)} | ETA {duration(eta)}',
         flush=True)
     after_run()

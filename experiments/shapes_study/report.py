@@ -32,15 +32,20 @@ def describe_machine(info: dict) -> str:
 def write_report(cells, paths) -> str:
   """table2.md, scaling.png and README.md in OUT from the kept results; returns README's path."""
   results = tables.load_results(paths.out)
-  sweep_cells = [c for c in cells if c.paired_fraction is not None]
-  table_cells = [c for c in cells if c.extra in (0.0, 1.0) and c not in sweep_cells]
-  scaling_cells = [c for c in cells if c.extra not in (0.0, 1.0)]
+  compositional = [c for c in cells if c.compositional]
+  sweep_cells = [c for c in cells if c.paired_fraction is not None and not c.compositional]
+  table_cells = [c for c in cells if c.extra in (0.0, 1.0) and c not in sweep_cells
+                 and not c.compositional]
+  scaling_cells = [c for c in cells if c.extra not in (0.0, 1.0) and not c.compositional]
   notes = ('Mean ± sample standard deviation over seeds. "seen": the test split (scenes of the '
            'training distribution); "held-out": scenes with an attribute combination no '
-           'training scene has. Exact: the generated caption / image parses to the source '
-           'scene. CIDEr-D x100 against 5 captions of the scene. T→I→T CIDEr and I→T→I '
-           'token accuracy / FID: round trips through the model on the test split (FID of the '
-           'round-trip images against the source images, Inception features).')
+           'training scene has' + ('; "novel looks": test scenes with a colour x shape look '
+                                   'that no pair of a compositional cell shows, though its '
+                                   'unpaired data does' if compositional else '') +
+           '. Exact: the generated caption / image parses to the source scene. CIDEr-D x100 '
+           'against 5 captions of the scene. T→I→T CIDEr and I→T→I token accuracy / FID: round '
+           'trips through the model on the test split (FID of the round-trip images against '
+           'the source images, Inception features). A metric no run has gets no column.')
   table = ('# Table 2 on the shapes world\n\n' + notes + '\n\n' +
            tables.table_markdown(table_cells, results))
   differences = tables.seed_differences_markdown(
@@ -52,6 +57,18 @@ def write_report(cells, paths) -> str:
               + differences)
   if any(c.name in results for c in scaling_cells):
     table += '\n## Scaling cells (figure 5)\n\n' + tables.table_markdown(scaling_cells, results)
+  if any(c.name in results for c in compositional):
+    table += ('\n## Compositional data (novel looks)\n\nThe pairs show half of the colour x '
+              'shape looks, the unpaired images and texts all of them: on the novel looks, only '
+              'the unpaired data can have taught the model.\n\n'
+              + tables.table_markdown(compositional, results, tables.COMPOSITIONAL_METRICS))
+    reference = next((c.name for c in compositional if c.row == 3 and c.extra == 0), None)
+    differences = reference and tables.seed_differences_markdown(
+        compositional, results, reference, tables.NOVEL_DIFFERENCE_METRICS)
+    if differences:
+      table += (f'\nEach cell minus {reference} on the same seed (same initial parameters and '
+                'pairs), in points: mean ± std over the seeds both have, and on how many of '
+                'them the cell is ahead.\n\n' + differences)
   swept = any(c.name in results for c in sweep_cells)
   if swept:
     table += ('\n## Paired-fraction sweep\n\nRow 14 with more of the scenes paired (the rest '
@@ -67,10 +84,14 @@ def write_report(cells, paths) -> str:
   runs = [r for runs in results.values() for r in runs]
   inside = paths.out.startswith(commands.REPO + os.sep)
   shown_out = os.path.relpath(paths.out, commands.REPO) + '/' if inside else paths.out
+  # Studies recorded before levels existed are at the standard level.
+  level = meta.get('level', 'standard' if meta else 'laptop')
+  flags = (f'{" --level " + level if level != "laptop" else ""}'
+           f'{" --quick" if meta.get("mode") == "quick" else ""}')
+  warmup = next((design.warmup_step(c) for c in cells if design.warmup_step(c)), None)
   lines = ['# The shapes-world study', '',
            'Command (the whole plan; re-running it resumes): '
-           f'`{shlex.join(commands.STUDY_COMMAND)} --out '
-           f'{shown_out}{" --quick" if meta.get("mode") == "quick" else ""}`', '',
+           f'`{shlex.join(commands.STUDY_COMMAND)} --out {shown_out}{flags}`', '',
            'Invocations so far (UTC; `--cells` / `--seeds` run part of the plan): '
            + '; '.join(f'`{i}`' for i in meta.get('invocations', [meta.get('command', '?')])),
            '',
@@ -84,7 +105,7 @@ def write_report(cells, paths) -> str:
               '; re-running the command continues the study where it stopped.'), '',
            '- [table2.md](table2.md): the table',
            ('- [scaling.png](scaling.png): the scaling curve (ITIT: cycles from step '
-            f'{dict(design.SCALING_RECIPE)["cycle.start_step"]}, the row-14 point beside it)'),
+            f'{warmup}, the row-14 point beside it)'),
            '- [cells/](cells/): every run\'s metrics, command and time']
   if swept:
     lines.append('- [paired_sweep.png](paired_sweep.png): rows 3 and 14 as the paired '

@@ -1,5 +1,6 @@
 """The shapes-world study's results as tables and curves: mean ± std over seeds, per-seed
-differences against row 3, and the series of the scaling curve and the paired-fraction sweep.
+differences against row 3 (against row3_comp on novel looks, for the compositional cells), and
+the series of the scaling curve and the paired-fraction sweep.
 
 Results are the runs' JSON files, OUT/cells/<cell>-seed<k>.json (`load_results`).
 """
@@ -32,6 +33,17 @@ METRICS = (
     ('cycle/t2i2t_cider', 'T→I→T CIDEr', 100.0),
     ('cycle/i2t2i_token_accuracy', 'I→T→I token acc %', 100.0),
     ('cycle/i2t2i_fid', 'I→T→I FID', 1.0),
+)
+# The compositional cells' table: seen scenes, and 'novel_test' (the evaluator's
+# 'shapes_novel_test/' metrics), the test scenes with a colour x shape look no pair shows.
+COMPOSITIONAL_METRICS = (
+    ('shapes/i2t_exact', 'caption exact % (seen)', 100.0),
+    ('shapes/t2i_exact', 'T2I exact % (seen)', 100.0),
+    ('shapes_novel_test/i2t_exact', 'caption exact % (novel looks)', 100.0),
+    ('shapes_novel_test/t2i_exact', 'T2I exact % (novel looks)', 100.0),
+    ('shapes_novel_test/i2t_color', 'caption colour % (novel looks)', 100.0),
+    ('shapes_novel_test/t2i_color', 'T2I colour % (novel looks)', 100.0),
+    ('shapes_novel_test/t2i_shape', 'T2I shape % (novel looks)', 100.0),
 )
 
 
@@ -70,11 +82,14 @@ def _loss_marks(row: int) -> list[str]:
           cycle(text, 't2i2t'), cycle(image, 'i2t2i')]
 
 
-def table_markdown(cells, results) -> str:
-  """Table 2's layout: a row per cell, its losses as ✓ columns, then metrics mean ± std."""
+def table_markdown(cells, results, metrics=METRICS) -> str:
+  """Table 2's layout: a row per cell, its losses as ✓ columns, then metrics mean ± std; a
+  metric no run of the cells has (e.g. held-out scenes at the laptop level) gets no column."""
+  metrics = [m for m in metrics if any(m[0] in r['metrics'] for c in cells
+                                       for r in results.get(c.name, []))]
   header = (['cell', 'row', 'T2I', 'I2T', 'T2T', 'I2I', 'T2I2T', 'I2T2I', 'data', 'seeds']
-            + [label for _, label, _ in METRICS])
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * 10 + '---:|' * len(METRICS)]
+            + [label for _, label, _ in metrics])
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * 10 + '---:|' * len(metrics)]
   for cell in cells:
     runs = results.get(cell.name, [])
     if not runs:
@@ -82,7 +97,7 @@ def table_markdown(cells, results) -> str:
     pairs, extra = runs[0].get('paired_records', '?'), runs[0].get('extra_scenes', 0)
     data = f'{pairs} pairs' + (f' + {extra} unpaired' if extra and not cell.as_pairs else '')
     values = [format_cell([r['metrics'][m] for r in runs if m in r['metrics']], scale)
-              for m, _, scale in METRICS]
+              for m, _, scale in metrics]
     lines.append('| ' + ' | '.join([cell.name, str(cell.row)] + _loss_marks(cell.row)
                                    + [data, str(len(runs))] + values) + ' |')
   return '\n'.join(lines) + '\n'
@@ -96,6 +111,13 @@ DIFFERENCE_METRICS = (
     ('shapes/t2i_color', 'T2I colour', 100.0),
     ('shapes/t2i_shape', 'T2I shape', 100.0),
     ('shapes_heldout_test/i2t_cider', 'caption CIDEr (held-out)', 100.0),
+)
+# What the compositional cells are compared on with row3_comp: the looks no pair shows.
+NOVEL_DIFFERENCE_METRICS = (
+    ('shapes_novel_test/i2t_exact', 'caption exact (novel looks)', 100.0),
+    ('shapes_novel_test/t2i_exact', 'T2I exact (novel looks)', 100.0),
+    ('shapes_novel_test/i2t_color', 'caption colour (novel looks)', 100.0),
+    ('shapes_novel_test/t2i_color', 'T2I colour (novel looks)', 100.0),
 )
 
 
@@ -135,7 +157,7 @@ def seed_differences_markdown(cells, results, reference: str = 'row3',
                    + lines) + '\n'
 
 
-SCALING_SERIES = ('ITIT, cycles from step 400 (extra scenes unpaired)',
+SCALING_SERIES = ('ITIT with a cycle warm-up (extra scenes unpaired)',
                   'baseline (extra scenes as pairs)',
                   'ITIT, cycles from step 0 (row 14)')
 
@@ -144,20 +166,20 @@ def scaling_series(cells, results, metric: str) -> dict[str, list[tuple[int, flo
   """{series: [(extra scenes, mean, std)]} of SCALING_SERIES, by x.
 
   The first two curves start at the pairs-only cell (row 3, no extra data); ITIT's points are
-  the row-14 cells trained with design.SCALING_RECIPE, the baseline's the as-pairs cells;
-  row-14 cells without overrides form the third series. Other variants and sweep cells are not
-  on the curve.
+  the row-14 cells trained with a design.cycle_warmup, the baseline's the as-pairs cells;
+  row-14 cells without overrides form the third series. Other variants, sweep cells and
+  compositional cells (other data) are not on the curve.
   """
   itit, pairs, from_step0 = SCALING_SERIES
   series = {name: [] for name in SCALING_SERIES}
   for cell in cells:
     runs = [r for r in results.get(cell.name, []) if metric in r['metrics']]
-    if not runs or cell.paired_fraction is not None:
+    if not runs or cell.paired_fraction is not None or cell.compositional:
       continue
     point = (runs[0]['extra_scenes'], *mean_std([r['metrics'][metric] * 100 for r in runs]))
     if cell.row == 3 and cell.extra == 0 and not cell.overrides:
       targets = [itit, pairs]
-    elif cell.row == 14 and not cell.as_pairs and cell.overrides == design.SCALING_RECIPE:
+    elif cell.row == 14 and not cell.as_pairs and design.warmup_step(cell):
       targets = [itit]
     elif cell.row == 14 and not cell.as_pairs and not cell.overrides:
       targets = [from_step0]
@@ -180,7 +202,7 @@ def sweep_series(cells, results, metric: str) -> dict[str, list[tuple[int, float
   series = {name: [] for name in SWEEP_SERIES}
   for cell in cells:
     runs = [r for r in results.get(cell.name, []) if metric in r['metrics']]
-    if not runs or cell.overrides:
+    if not runs or cell.overrides or cell.compositional:
       continue
     point = (runs[0]['paired_records'], *mean_std([r['metrics'][metric] * 100 for r in runs]))
     if cell.row == 3 and cell.as_pairs and cell.extra == 1.0:
