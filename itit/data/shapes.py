@@ -181,7 +181,7 @@ def _layout(objects: Sequence[Obj], image_size: int,
       raise ValueError(f'{len(objects)} objects at image_size={image_size}: below '
                        f'{REFERENCE_SIZE} pixels a scene has one object (use >= 32 for two).')
     cell, n = cell_pixels(image_size), size_pixels(objects[0].size, image_size)
-    (row, col), offset = cells[0], (cell_pixels(image_size) - n) // 2
+    (row, col), offset = cells[0], (cell - n) // 2
     return [(row * cell + offset, col * cell + offset, n)]
   ns = [size_pixels(o.size, image_size) for o in objects]
   options = [(_positions(r, n, image_size), _positions(c, n, image_size))
