@@ -133,7 +133,14 @@ def paper_config(size='B'):
       synthesis_steps=24,  # T2I parallel-decoding steps for the pseudo image I'
       guidance_scale=2.0,  # classifier-free guidance tau in that synthesis; 0 = off
       temperature=32.0,  # confidence-noise temperature in that synthesis
+      # Token sampling temperature in that synthesis (1.0 = sample softmax(logits), the
+      # paper's Muse decoding); below 1 draws nearer the mode.
+      sample_temperature=1.0,
       gumbel_strength=1.0,  # Gumbel noise scale in T2I2T's straight-through; 0 = plain argmax
+      # Not in the paper (True: T2I2T trains the captioning pass too, eq. 3): False makes that
+      # pass a fixed critic, so unpaired text trains only T2I through it, and a weak T2I's
+      # pseudo images cannot teach the captioner wrong captions (docs/SHAPES.md).
+      t2i2t_trains_captioner=True,
       # Stop the gradient after the encoder's first forward pass in each cycle (appendix B).
       stop_first_encoder_grad=True,
       # Not in the paper (0: cycles from the first step): the cycle losses join at this step,

@@ -115,6 +115,29 @@ def test_t2i2t_gradient_flow(setup):
                             (texts, images))
 
 
+def test_t2i2t_with_a_fixed_captioner_trains_only_t2i_through_it(setup):
+  """cycle.t2i2t_trains_captioner=False: the captioning pass's parameters get no gradient; what
+  learns is T2I's image decoder and the image-token table tied to its head, the decoder with
+  the same gradient as in the paper's cycle (it arrives through Ĩ either way)."""
+  config, model, params, images, texts = setup
+
+  def grads(**cycle_settings):
+    cfg = copy.deepcopy(config)
+    cfg.cycle.update(cycle_settings)
+    loss = lambda p: cycles.t2i2t_cycle(p, texts, images, jax.random.PRNGKey(7), model=model,
+                                        config=cfg)[0]
+    return {name: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+            for name, tree in jax.grad(loss)(params).items()}
+
+  paper, critic = grads(), grads(t2i2t_trains_captioner=False)
+  learning = {name for name, g in critic.items() if np.abs(g).max() > 0}
+  assert learning == {name for name in params if itit.part_of(name) == 'image_decoder'} | {
+      'encoder_image_embedding'}
+  assert np.abs(paper['encoder']).max() > 0 and np.abs(paper['text_decoder']).max() > 0
+  for name in learning - {'encoder_image_embedding'}:
+    np.testing.assert_allclose(critic[name], paper[name], rtol=1e-5, atol=1e-8, err_msg=name)
+
+
 def test_i2t2i_gradient_flow(setup):
   config, model, params, images, texts = setup
   check_cycle_gradient_flow(cycles.i2t2i_cycle, 'loss__unpaired_image_loss', 'i2t2i',
@@ -148,6 +171,30 @@ def test_cycles_reconstruct_images_with_the_t2i_mask_schedule(setup, monkeypatch
       expected = 0 if name == 'cosine' else config.model.num_dropped
       assert calls[0][1] == expected and calls[0][0] >= max(expected, 1)
     assert values['paper'] != values['cosine']
+
+
+def test_pseudo_image_synthesis_decodes_with_the_cycle_settings(setup):
+  """I' is `generate_images` at config.cycle's steps, guidance and both temperatures."""
+  from itit.decoding import generate
+  config, model, params, _, texts = setup
+  config = copy.deepcopy(config)
+  config.cycle.update(dict(synthesis_steps=3, guidance_scale=0.0, sample_temperature=0.05))
+  rng = jax.random.PRNGKey(11)
+  pseudo = cycles.synthesize_pseudo_images(params, texts, rng, model=model, config=config)
+  expected = generate.generate_images(params, texts, rng, model=model, num_steps=3,
+                                      guidance_scale=0.0, temperature=config.cycle.temperature,
+                                      sample_temperature=0.05)
+  np.testing.assert_array_equal(pseudo, expected)
+  assert pseudo.shape == (4, config.model.image_grid ** 2) and pseudo.dtype == jnp.int32
+  # Near the mode every position takes its most likely code given the text, so the same
+  # text decodes to the same tokens under another key; at temperature 1 (the default) it varies.
+  again = cycles.synthesize_pseudo_images(params, texts, jax.random.PRNGKey(12), model=model,
+                                          config=config)
+  config.cycle.sample_temperature = 1.0
+  hot = [cycles.synthesize_pseudo_images(params, texts, jax.random.PRNGKey(k), model=model,
+                                         config=config) for k in (11, 12)]
+  assert np.mean(np.asarray(pseudo) == np.asarray(again)) > np.mean(
+      np.asarray(hot[0]) == np.asarray(hot[1]))
 
 
 def test_t2t_trains_the_text_decoder_only_and_i2i_never_it(setup):

@@ -23,6 +23,11 @@ Choices the paper leaves open, made here:
 - The I2T pass of T2I2T keeps eq. (1)'s smaller encoder gradient (loss.i2t_encoder_grad_scale)
   on the encoder's PARAMETERS only: scaling the features instead would also scale the gradient
   reaching the reconstructed image Ĩ, i.e. the image decoder's whole cycle signal.
+
+Not in the paper, off by default: config.cycle.t2i2t_trains_captioner=False makes T2I2T's
+captioning pass a fixed critic (its parameters read stop_gradient), so unpaired text trains T2I
+only; at the laptop level of the shapes world the paper's cycle taught a weak T2I's drawings to
+the captioner as captions (docs/SHAPES.md).
 """
 import jax
 import jax.numpy as jnp
@@ -74,7 +79,8 @@ def synthesize_pseudo_images(params, text_ids, rng, *, model, config):
   c = config.cycle
   return jax.lax.stop_gradient(generate.generate_images(
       jax.lax.stop_gradient(params), text_ids, rng, model=model, num_steps=c.synthesis_steps,
-      guidance_scale=c.guidance_scale, temperature=c.temperature))
+      guidance_scale=c.guidance_scale, temperature=c.temperature,
+      sample_temperature=c.sample_temperature))
 
 
 def synthesize_pseudo_captions(params, image_tokens, *, model, config):
@@ -119,11 +125,16 @@ def t2i2t_cycle(params, text_ids, pseudo_image, rng, *, model, config, determini
                             jax.nn.one_hot(pseudo_image, estimate.shape[-1], dtype=estimate.dtype))
 
   second_mask = common.i2t_image_mask(second_mask_rng, batch, num_tokens, config)
-  i2t_params = _scale_encoder_gradient(params, config.loss.i2t_encoder_grad_scale)
+  # With cycle.t2i2t_trains_captioner off the captioning pass is a fixed critic: its parameters
+  # get no gradient, which still reaches Ĩ (the image decoder) through its inputs.
+  captioner_params = (params if c.t2i2t_trains_captioner
+                      else jax.lax.stop_gradient(params))
+  i2t_params = _scale_encoder_gradient(captioner_params, config.loss.i2t_encoder_grad_scale)
   second_encoded = apply_method(model, i2t_params, second_encode_rng, ITIT.encode, reconstructed,
                                 second_mask, deterministic=deterministic)
-  text_logits = apply_method(model, params, decode_rng, ITIT.decode_text, second_encoded,
-                             common.decoder_input(text_ids), deterministic=deterministic)
+  text_logits = apply_method(model, captioner_params, decode_rng, ITIT.decode_text,
+                             second_encoded, common.decoder_input(text_ids),
+                             deterministic=deterministic)
   loss, accuracy = common.lm_loss(text_logits, text_ids, config.loss.label_smoothing)
   kept = jnp.argmax(estimate, axis=-1) == pseudo_image
   agreement = jnp.sum(kept & mask) / jnp.maximum(jnp.sum(mask), 1)

@@ -139,6 +139,17 @@ def check_mask_ratios(config) -> None:
         'num_dropped')
 
 
+def check_cycle(cycle) -> None:
+  """The pseudo-pair synthesis settings (config.cycle) a run can decode with."""
+  if cycle.synthesis_steps < 1:
+    raise errors.UserError(f'cycle.synthesis_steps={cycle.synthesis_steps}: must be >= 1')
+  if not cycle.sample_temperature > 0:
+    raise errors.UserError(f'cycle.sample_temperature={cycle.sample_temperature}: must be > 0')
+  for name in ('temperature', 'guidance_scale', 'gumbel_strength'):
+    if not cycle[name] >= 0:
+      raise errors.UserError(f'cycle.{name}={cycle[name]}: must be >= 0 (0 = off)')
+
+
 def check_train_config(config, num_devices: int, process_count: int, streams=None) -> None:
   """Every check above; `streams` are the input streams the enabled losses read (default all)."""
   streams = sorted(streams if streams is not None else train_data.STREAMS)
@@ -152,6 +163,7 @@ def check_train_config(config, num_devices: int, process_count: int, streams=Non
   if not 0 <= config.cycle.start_step < config.total_steps:
     raise errors.UserError(f'cycle.start_step={config.cycle.start_step}: must be in [0, '
                            f'total_steps={config.total_steps}) (0: cycles from the first step)')
+  check_cycle(config.cycle)
   check_model(config)
   data, fsdp, _ = check_mesh(config, num_devices)
   check_batch_sizes(config, data * fsdp, process_count, streams)

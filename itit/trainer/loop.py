@@ -65,9 +65,11 @@ def run_summary(config, loss_names, counts: Mapping[str, int], mesh_shape: Mappi
   if {'t2i2t', 'i2t2i'} & set(loss_names):
     start = f'from step {c.start_step}' if c.start_step else 'from step 0'
     lines.append(f'synthesis: pseudo images {c.synthesis_steps} steps, guidance '
-                 f'{c.guidance_scale:g}, temperature {c.temperature:g}; pseudo captions greedy, '
+                 f'{c.guidance_scale:g}, temperature {c.temperature:g}, sampling at '
+                 f'{c.sample_temperature:g}; pseudo captions greedy, '
                  f'{config.model.max_text_len} tokens; Gumbel {c.gumbel_strength:g}; cycles '
-                 f'{start}')
+                 f'{start}' + ('' if c.t2i2t_trains_captioner
+                               else '; T2I2T trains T2I only (fixed captioner)'))
   lines.append(itit_model.format_param_counts(counts))
   o = config.optimizer
   lines.append(f'optimizer: {o.name}, lr {o.lr:g} ({o.schedule}, {o.warmup_steps} warm-up '
