@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/quickstart}
-PAIRED=${PAIRED:-0.5}
+PAIRED=${PAIRED:-0.7}
 python3 -m pip install -q -e .
 export PYTHONWARNINGS=ignore::DeprecationWarning
 
