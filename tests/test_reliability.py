@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -427,3 +428,19 @@ def test_checkpoint_of_another_width_names_the_parameters(straight, data_dir, tm
   assert re.search(r'encoder/block_0/attention/\w+/(kernel|bias) saved \([\d, ]+\), this config '
                    r'\([\d, ]+\)', message)
   assert 'Resume with the config it was trained with' in message
+
+
+def test_runs_saved_before_a_config_field_existed_load_with_its_default():
+  """config.json of an older run lacks the fields added since: load_run's config gets them at
+  their defaults (the behaviour before they existed), and the run's own values stay."""
+  from configs import base as base_config
+  from itit.trainer import run as run_lib
+  saved = json.loads(make_config('/data').to_json_best_effort())
+  saved['cycle'].update(synthesis_steps=3, gumbel_strength=0.5)
+  del saved['cycle']['sample_temperature'], saved['cycle']['t2i2t_trains_captioner']
+  del saved['loss']['weights']['t2i2t']
+  config = ml_collections.ConfigDict(run_lib.with_later_fields(saved))
+  assert config.cycle.sample_temperature == 1.0 and config.cycle.t2i2t_trains_captioner is True
+  assert config.loss.weights.t2i2t == base_config.paper_config().loss.weights.t2i2t == 1.0
+  assert (config.cycle.synthesis_steps, config.cycle.gumbel_strength) == (3, 0.5)
+  assert config.data.dir == '/data' and config.model.to_dict() == saved['model']

@@ -37,12 +37,30 @@ def check_workdir(workdir: str, step: int | None = None) -> None:
                            'the latest)')
 
 
+def with_later_fields(saved: dict) -> dict:
+  """A run's saved config (config.json) plus the fields added to the configs after it was
+  written, at their defaults: a new field defaults to the behaviour from before it existed
+  (e.g. cycle.sample_temperature 1.0), so older runs load as they trained. Saved values win."""
+  from configs import base  # pylint: disable=g-import-not-at-top  (configs import itit)
+
+  def merge(saved_part, defaults):
+    merged = dict(saved_part)
+    for key, value in defaults.items():
+      if key not in merged:
+        merged[key] = value
+      elif isinstance(value, dict) and isinstance(merged[key], dict):
+        merged[key] = merge(merged[key], value)
+    return merged
+
+  return merge(saved, base.paper_config().to_dict())
+
+
 def load_run(workdir: str, step: int | None = None):
   """(config, model, full params, step) of a training workdir's checkpoint."""
   check_workdir(workdir, step)
   config_path = os.path.join(workdir, 'config.json')
   with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(with_later_fields(json.load(f)))
   params, step = checkpointing.load_params(workdir, step)
   if config.model.text_encoder.kind == 't5':  # the frozen encoder is not in the checkpoint
     frozen = t5_loader.load_t5_params(config.model.text_encoder.path,
