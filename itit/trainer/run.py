@@ -37,22 +37,28 @@ def check_workdir(workdir: str, step: int | None = None) -> None:
                            'the latest)')
 
 
+# Config fields added after runs were saved without them, each at the value that reproduces how
+# those runs trained (every new field defaults to the behaviour from before it existed).
+LATER_FIELDS = {
+    'cycle.sample_temperature': 1.0,
+    'cycle.t2i2t_trains_captioner': True,
+}
+
+
 def with_later_fields(saved: dict) -> dict:
-  """A run's saved config (config.json) plus the fields added to the configs after it was
-  written, at their defaults: a new field defaults to the behaviour from before it existed
-  (e.g. cycle.sample_temperature 1.0), so older runs load as they trained. Saved values win."""
-  from configs import base  # pylint: disable=g-import-not-at-top  (configs import itit)
-
-  def merge(saved_part, defaults):
-    merged = dict(saved_part)
-    for key, value in defaults.items():
-      if key not in merged:
-        merged[key] = value
-      elif isinstance(value, dict) and isinstance(merged[key], dict):
-        merged[key] = merge(merged[key], value)
-    return merged
-
-  return merge(saved, base.paper_config().to_dict())
+  """A run's saved config (config.json) with the LATER_FIELDS it predates added; saved values
+  win, so older runs load (evaluate, sample, tools) as they trained."""
+  merged = json.loads(json.dumps(saved))
+  for path, value in LATER_FIELDS.items():
+    *sections, field = path.split('.')
+    node = merged
+    for section in sections:
+      node = node.get(section)
+      if not isinstance(node, dict):
+        break
+    else:
+      node.setdefault(field, value)
+  return merged
 
 
 def load_run(workdir: str, step: int | None = None):
