@@ -502,11 +502,11 @@ def test_report_table_and_scaling_plot(tmp_path):
   assert table.index('## Scaling cells') < table.index('| itit_u10')
   assert table.index('## Paired-fraction sweep') < table.index('| row14_p10')
   assert rows['row14_p10'][column['data']] == '2360 pairs + 17640 unpaired'
-  # Against row 3 on the same seed: row 14's seeds 1-2 (seed 3 has no row-3 twin); no figure
-  # of DIFFERENCE_METRICS is in both.
+  # Against row 3 on the same seed: row 14's seeds 1-2 (seed 3 has no row-3 twin): captions
+  # +30 and +20 points, drawings +15 and +5; no other figure of DIFFERENCE_METRICS is in both.
   differences = table.split('## Against row 3 on the same seed')[1].split('##')[0]
-  assert '| row14 | 1,2 | – | –' in differences
-  assert re.search(r'\| row14_warmup \| 1 \|', differences)
+  assert '| row14 | 1,2 | +25.0 ± 7.1 (2/2) | +10.0 ± 7.1 (2/2) | – | –' in differences
+  assert re.search(r'\| row14_warmup \| 1 \| \+49\.0 \(1/1\) \| – \|', differences)
   assert 'itit_u10' not in differences and 'row14_p10' not in differences
 
   cells = standard_cells()

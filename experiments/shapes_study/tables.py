@@ -105,6 +105,8 @@ def table_markdown(cells, results, metrics=METRICS) -> str:
 
 # The figures `seed_differences_markdown` compares with row 3 (all higher-is-better).
 DIFFERENCE_METRICS = (
+    ('shapes/i2t_exact', 'caption exact', 100.0),
+    ('shapes/t2i_exact', 'T2I exact', 100.0),
     ('shapes/i2t_tf_valid_accuracy', 'caption teacher-forced valid', 100.0),
     ('shapes/i2t_color', 'caption colour', 100.0),
     ('shapes/i2t_cider', 'caption CIDEr', 100.0),
