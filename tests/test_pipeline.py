@@ -126,6 +126,19 @@ def test_any_random_access_source(source):
   np.testing.assert_array_equal(record_ids(from_list), record_ids(from_shards))
 
 
-def test_batch_larger_than_shard_is_refused(source):
-  with pytest.raises(ValueError, match='fewer than batch_size 100'):
-    pipeline.make_iterator(source, batch_size=100, seed=0, shard_count=2)
+def test_finite_epochs_that_cannot_fill_a_batch_are_refused(source):
+  with pytest.raises(ValueError, match='60 records x 1 epochs, fewer than batch_size 100'):
+    pipeline.make_iterator(source, batch_size=100, seed=0, shard_count=2, num_epochs=1)
+  # Two epochs of the 60 records fill one batch of 100.
+  batches = list(pipeline.make_iterator(source, batch_size=100, seed=0, shard_count=2,
+                                        num_epochs=2))
+  assert len(batches) == 1 and batches[0]['text_ids'].shape == (100, MAX_TEXT_LEN)
+
+
+def test_endless_stream_of_a_shard_smaller_than_the_batch(source):
+  # 120 records over 10 processes: 12 each, batches of 64 span 5 1/3 reshuffled epochs.
+  stream = record_ids(take(pipeline.make_iterator(source, batch_size=64, seed=0,
+                                                   shard_index=3, shard_count=10), 3))
+  assert stream.shape == (192,)
+  for epoch in stream.reshape(16, 12):
+    np.testing.assert_array_equal(np.sort(epoch), np.arange(36, 48))

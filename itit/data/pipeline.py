@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from absl import logging
 import grain
 import numpy as np
 
@@ -55,9 +56,15 @@ def make_dataset(source: Any, *, batch_size: int, seed: int, shuffle: bool = Tru
                  drop_remainder: bool = True) -> grain.MapDataset:
   """The MapDataset of batches {field: [batch_size, ...]}; see `make_iterator`."""
   start, stop = shard_bounds(len(source), shard_index, shard_count)
-  if drop_remainder and stop - start < batch_size:
-    raise ValueError(f'{source} gives this process {stop - start} records, fewer than '
-                     f'batch_size {batch_size}: lower the batch size or add data')
+  records = stop - start
+  if drop_remainder and num_epochs is not None and records * num_epochs < batch_size:
+    raise ValueError(f'{source} gives this process {records} records x {num_epochs} epochs, '
+                     f'fewer than batch_size {batch_size}: lower the batch size or add data')
+  if records < batch_size:
+    # An endless stream still works: a batch then spans several reshuffled epochs, so it holds
+    # some records more than once (figure 5's smallest unpaired sets at the laptop level).
+    logging.warning('%s gives this process %d records, fewer than batch_size %d: every batch '
+                    'repeats records', source, records, batch_size)
   # Any grain RandomAccessDataSource works; sources with a batched read use it.
   read_batch = getattr(source, 'read_batch', None) or (
       lambda indices: _stack([source[int(i)] for i in indices]))
@@ -77,7 +84,8 @@ def make_iterator(source: Any, *, batch_size: int, seed: int, shuffle: bool = Tr
 
   Args:
     source: a `ShardDataSource` (or any grain RandomAccessDataSource of dicts of arrays).
-    batch_size: per-process batch size.
+    batch_size: per-process batch size. An endless stream (num_epochs None) of fewer records
+      fills each batch from several reshuffled epochs, repeating records (logged).
     seed: the shuffle seed; the same seed gives the same batches.
     shuffle: reshuffle every epoch (a different permutation per epoch, from the seed).
     num_epochs: None repeats forever.
