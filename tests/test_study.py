@@ -505,7 +505,7 @@ def test_report_table_and_scaling_plot(tmp_path):
   # Against row 3 on the same seed: row 14's seeds 1-2 (seed 3 has no row-3 twin): captions
   # +30 and +20 points, drawings +15 and +5; no other figure of DIFFERENCE_METRICS is in both.
   differences = table.split('## Against row 3 on the same seed')[1].split('##')[0]
-  assert '| row14 | 1,2 | +25.0 ± 7.1 (2/2) | +10.0 ± 7.1 (2/2) | – | –' in differences
+  assert '| row14 | 1,2 | +25.0 ± 7.1 (2/2, p 0.13) | +10.0 ± 7.1 (2/2, p 0.3) | – | –' in differences
   assert re.search(r'\| row14_warmup \| 1 \| \+49\.0 \(1/1\) \| – \|', differences)
   assert 'itit_u10' not in differences and 'row14_p10' not in differences
 
@@ -566,7 +566,7 @@ def test_report_shows_the_novel_looks_of_the_compositional_cells(tmp_path):
   assert rows['row14_comp'][column['T2I exact % (novel looks)']].strip(' |') == '5.0 ± 0.0'
   assert rows['row14_comp'][column['data']] == '24 pairs + 456 unpaired'
   # Per seed against row3_comp, on the novel looks: +20 and +20 points of caption exact.
-  assert '| row14_comp | 1,2 | +20.0 ± 0.0 (2/2) | -5.0 ± 0.0 (0/2) | – | – |' in differences
+  assert '| row14_comp | 1,2 | +20.0 ± 0.0 (2/2, p < 0.001) | -5.0 ± 0.0 (0/2, p < 0.001) | – | – |' in differences
   results = tables.load_results(str(out))
   # Compositional cells are on neither curve.
   itit, pairs, _ = tables.scaling_series(cells, results, 'shapes/i2t_exact').values()
@@ -619,8 +619,9 @@ def test_seed_differences_pair_runs_by_seed():
   table = tables.seed_differences_markdown(cells, results, metrics=metrics)
   rows = {line.split(' | ')[0][2:]: line.strip(' |').split(' | ')
           for line in table.splitlines()[2:]}
-  # row 14: +5 and -10 points of caption colour (mean -2.5, std 10.6), ahead on 1 of 2 seeds.
-  assert rows['row14'] == ['row14', '1,2', '-2.5 ± 10.6 (1/2)', '-10.0 (0/1)']
+  # row 14: +5 and -10 points of caption colour (mean -2.5, std 10.6), ahead on 1 of 2 seeds;
+  # t = -1/3 on 1 degree of freedom: p = 1 - 2 atan(1/3) / pi = 0.795.
+  assert rows['row14'] == ['row14', '1,2', '-2.5 ± 10.6 (1/2, p 0.8)', '-10.0 (0/1)']
   assert rows['row7'] == ['row7', '2', '+10.0 (1/1)', '+5.0 (1/1)']
   # No seed in common with row 3 (row10), and row 3 itself: no row.
   assert set(rows) == {'row14', 'row7'}
@@ -688,3 +689,63 @@ def test_a_pinned_train_field_that_differs_from_the_runs_is_refused(tmp_path,
   assert fake.commands == []
   assert "loss.t2i_mask_schedule: 'truncated_gaussian' -> 'cosine'" in lines[-1]
   assert 'the configs have changed' in lines[-1]
+
+
+def test_paired_t_test_matches_the_closed_forms():
+  # 1 degree of freedom: p = 1 - 2 atan(|t|) / pi; 2: p = 1 - |t| / sqrt(2 + t^2).
+  assert tables.paired_t_pvalue([1.0, 3.0]) == pytest.approx(1 - 2 * np.arctan(2.0) / np.pi,
+                                                             abs=1e-5)
+  t = 2.0 / (1.0 / np.sqrt(3.0))
+  assert tables.paired_t_pvalue([3.0, 1.0, 2.0]) == pytest.approx(1 - t / np.sqrt(2 + t * t),
+                                                                  abs=1e-5)
+  # The sign of the differences does not change a two-sided p; more agreement lowers it.
+  assert tables.paired_t_pvalue([-1.0, -3.0]) == pytest.approx(tables.paired_t_pvalue([1, 3]))
+  assert tables.paired_t_pvalue([9.0, 10.0, 11.0, 10.0, 10.0]) < 1e-3
+  assert tables.format_difference([9.0, 10.0, 11.0, 10.0, 10.0]) == '+10.0 ± 0.7 (5/5, p < 0.001)'
+  assert tables.paired_t_pvalue([0.2 - 0.1, 0.3 - 0.2]) == 0.0  # equal up to rounding
+  assert tables.paired_t_pvalue([5.0]) is None
+  assert tables.paired_t_pvalue([2.0, 2.0]) == 0.0 and tables.paired_t_pvalue([0.0, 0.0]) == 1.0
+  assert tables.format_difference([30.0, 20.0]) == '+25.0 ± 7.1 (2/2, p 0.13)'
+  assert tables.format_difference([-4.0]) == '-4.0 (0/1)'
+
+
+def test_report_leads_with_one_table_one_plot_and_the_gap_closed(tmp_path):
+  out = tmp_path / 'out'
+  exact = lambda captions, drawings: {'shapes/i2t_exact': captions, 'shapes/t2i_exact': drawings}
+  # Per seed: row3 (0.5, 0.2), (0.6, 0.3), (0.4, 0.2); the bound 0.9 / 1.0 on every seed.
+  for seed, (captions, drawings) in enumerate(((0.5, 0.2), (0.6, 0.3), (0.4, 0.2)), 1):
+    write_cell(out, 'row3', 3, 0.0, False, seed, exact(captions, drawings), 0)
+    write_cell(out, 'all_paired', 3, 1.0, True, seed, exact(0.9, 1.0), 0, 480)
+  # row 14: captions +0.2 on seeds 1, 2 (half the gap on seed 1, two thirds on seed 2), -0.1 on
+  # seed 3 (-0.2 of the gap); drawings at the row-3 value + 0.4 on seeds 1-2 only.
+  for seed, (captions, drawings) in enumerate(((0.7, 0.6), (0.8, 0.7), (0.3, None)), 1):
+    metrics = exact(captions, drawings)
+    if drawings is None:
+      del metrics['shapes/t2i_exact']
+    write_cell(out, 'row14', 14, 1.0, False, seed, metrics, 240)
+  results = tables.load_results(str(out))
+  np.testing.assert_allclose(tables.gap_closed(results, 'row14', 'shapes/i2t_exact'),
+                             [0.5, 2 / 3, -0.2])
+  np.testing.assert_allclose(tables.gap_closed(results, 'row14', 'shapes/t2i_exact'),
+                             [0.5, 4 / 7])
+  paths = commands.Paths(str(out), str(out / 'work'), '')
+  with open(report.write_report(laptop_cells(), paths)) as f:
+    readme = f.read()
+  lead = readme.split('## The study in one table')[1].split('Command (the whole plan')[0]
+  assert readme.index('## The study in one table') < readme.index('Command (the whole plan')
+  rows = {line.split(' | ')[0][2:]: line.strip(' |').split(' | ') for line in lead.splitlines()
+          if line.startswith('| ') and not line.startswith('| cell')}
+  assert list(rows) == ['row3', 'row14', 'all_paired']
+  # row 14 minus row 3: captions +20, +20, -10 points; drawings +40, +40 (std 0: p 0).
+  assert rows['row3'] == ['row3', 'pairs only', '3', '50.0 ± 10.0', '–', '–', '23.3 ± 5.8',
+                          '–', '–']
+  p_captions = tables.paired_t_pvalue([20.0, 20.0, -10.0])
+  assert rows['row14'][2:6] == ['3', '60.0 ± 26.5', f'+10.0 ± 17.3 (2/3, p {p_captions:.2g})',
+                                '32.2 ± 46.0 %']
+  assert rows['row14'][6:] == ['65.0 ± 7.1', '+40.0 ± 0.0 (2/2, p < 0.001)', '53.6 ± 5.1 %']
+  assert rows['all_paired'][3:6] == ['90.0 ± 0.0', '+40.0 ± 10.0 (3/3, p 0.02)', '–']
+  assert ('- row14 closes 32 ± 46 % of the caption gap (3 seeds) and 54 ± 5 % of the drawing '
+          'gap (2 seeds)') in lead
+  assert '![summary](summary.png)' in lead
+  png = out / 'summary.png'
+  assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and Image.open(png).size[0] >= 1200

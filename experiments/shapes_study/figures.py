@@ -20,6 +20,40 @@ def sweep_plot(cells, results, path: str) -> str:
                        log_x=True)
 
 
+def summary_plot(cells, results, path: str, reference: str = 'row3',
+                 bound: str = 'all_paired') -> str:
+  """OUT/summary.png, the lead plot: per cell, exact captions and exact drawings as bars (mean
+  over seeds) with every seed as a dot; dashed lines at the reference's and the bound's means."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  shown = [c for c in cells if results.get(c.name)]
+  figure, axes = plt.subplots(1, len(tables.LEAD_METRICS), figsize=(13, 4.8), sharey=True)
+  for ax, (metric, label) in zip(np.atleast_1d(axes), tables.LEAD_METRICS):
+    for x, cell in enumerate(shown):
+      values = [100 * r['metrics'][metric] for r in results[cell.name] if metric in r['metrics']]
+      if not values:
+        continue
+      color = {reference: 'grey', bound: 'C2'}.get(cell.name, 'C0')
+      ax.bar(x, np.mean(values), color=color, alpha=0.45)
+      ax.plot(np.full(len(values), x), values, 'o', color=color, markersize=4)
+    for name, color in ((reference, 'grey'), (bound, 'C2')):
+      values = [100 * r['metrics'][metric] for r in results.get(name, [])
+                if metric in r['metrics']]
+      if values:
+        ax.axhline(np.mean(values), color=color, linestyle='--', linewidth=1,
+                   label=f'{name} mean')
+    ax.set_xticks(range(len(shown)), [c.name for c in shown], rotation=35, ha='right')
+    ax.set_ylim(0, 100)
+    ax.set_title(f'{label} of the test scenes (bars: mean; dots: seeds)')
+    ax.grid(axis='y', alpha=0.3)
+  np.atleast_1d(axes)[0].legend(fontsize=8, loc='upper left')
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+  return path
+
+
 def accuracy_plot(series_fn, cells, results, path: str, xlabel: str, log_x: bool) -> str:
   """Caption and T2I accuracy of `series_fn`'s curves: exact scenes (top) and graded figures
   (below: teacher-forced caption tokens, T2I and caption colour, CIDEr), which still move at

@@ -77,6 +77,18 @@ def write_report(cells, paths) -> str:
   with open(os.path.join(paths.out, 'table2.md'), 'w') as f:
     f.write(table)
   figures.scaling_plot(cells, results, os.path.join(paths.out, 'scaling.png'))
+  lead = tables.lead_markdown(table_cells, results)
+  if lead:
+    figures.summary_plot(table_cells, results, os.path.join(paths.out, 'summary.png'))
+    headlines = [tables.headline(results, c.name) for c in table_cells if c.row == 14]
+    lead = ('## The study in one table\n\nExact-scene accuracy on the test scenes, mean ± std '
+            'over seeds. "minus row3, same seed": the cell minus pairs only (row 3) trained '
+            'with the same seed, in points: mean ± std, on how many seeds the cell is ahead, '
+            'and the paired t-test\'s two-sided p-value. "gap closed": (cell − row3) / '
+            '(all_paired − row3) per seed, mean ± std: 100 % is as good as every training '
+            'scene paired, below 0 worse than the pairs alone.\n\n' + lead + '\n'
+            + ''.join(f'- {h}\n' for h in headlines if h)
+            + '\n![summary](summary.png)\n')
   if swept:
     figures.sweep_plot(cells, results, os.path.join(paths.out, 'paired_sweep.png'))
   meta_path = os.path.join(paths.out, 'study.json')
@@ -89,7 +101,7 @@ def write_report(cells, paths) -> str:
   flags = (f'{" --level " + level if level != "laptop" else ""}'
            f'{" --quick" if meta.get("mode") == "quick" else ""}')
   warmup = next((design.warmup_step(c) for c in cells if design.warmup_step(c)), None)
-  lines = ['# The shapes-world study', '',
+  lines = ['# The shapes-world study', ''] + ([lead] if lead else []) + [
            'Command (the whole plan; re-running it resumes): '
            f'`{shlex.join(commands.STUDY_COMMAND)} --out {shown_out}{flags}`', '',
            'Invocations so far (UTC; `--cells` / `--seeds` run part of the plan): '

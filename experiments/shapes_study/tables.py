@@ -123,10 +123,41 @@ NOVEL_DIFFERENCE_METRICS = (
 )
 
 
+def paired_t_pvalue(differences) -> float | None:
+  """Two-sided p-value of the paired t-test that the mean per-seed difference is 0.
+
+  None for fewer than 2 seeds; differences that are all equal (up to rounding) give 0, or 1
+  when they are all 0.
+  t = mean / (std / sqrt(n)) with n - 1 degrees of freedom; the tail is the regularised
+  incomplete beta function I_{df / (df + t^2)}(df / 2, 1 / 2).
+  """
+  differences = np.asarray(differences, np.float64)
+  count = len(differences)
+  if count < 2:
+    return None
+  mean, std = differences.mean(), differences.std(ddof=1)
+  if std <= 1e-9 * max(1.0, abs(mean)):  # equal up to rounding (scores are counts / n)
+    return 1.0 if abs(mean) <= 1e-9 else 0.0
+  t = mean / (std / np.sqrt(count))
+  dof = count - 1
+  from jax.scipy import special  # pylint: disable=g-import-not-at-top
+  return float(special.betainc(dof / 2, 0.5, dof / (dof + t * t)))
+
+
+def format_difference(differences) -> str:
+  """'+25.0 ± 7.1 (2/2 ahead, p 0.26)': mean ± std, seeds ahead, paired t-test's p."""
+  mean, std = mean_std(differences)
+  spread = f' ± {std:.1f}' if len(differences) > 1 else ''
+  p_value = paired_t_pvalue(differences)
+  test = '' if p_value is None else (', p < 0.001' if p_value < 1e-3 else f', p {p_value:.2g}')
+  ahead = sum(d > 0 for d in differences)
+  return f'{mean:+.1f}{spread} ({ahead}/{len(differences)}{test})'
+
+
 def seed_differences_markdown(cells, results, reference: str = 'row3',
                               metrics=DIFFERENCE_METRICS) -> str:
-  """Each cell minus `reference` on the SAME seed: mean ± std of the differences, and on how
-  many seeds the cell is ahead ("2/3").
+  """Each cell minus `reference` on the SAME seed: mean ± std of the differences, on how
+  many seeds the cell is ahead ("2/3"), and the paired t-test's p-value (from 2 seeds).
 
   Cells trained on the reference's data with the same seed start from its initial parameters
   and read its paired batches in its order (row 14 with a cycle warm-up is bitwise row 3 until
@@ -148,9 +179,7 @@ def seed_differences_markdown(cells, results, reference: str = 'row3',
       if not diffs:
         values.append('–')
         continue
-      mean, std = mean_std(diffs)
-      spread = f' ± {std:.1f}' if len(diffs) > 1 else ''
-      values.append(f'{mean:+.1f}{spread} ({sum(d > 0 for d in diffs)}/{len(diffs)})')
+      values.append(format_difference(diffs))
     lines.append('| ' + ' | '.join([cell.name, ','.join(str(r['seed']) for r in runs)]
                                    + values) + ' |')
   if not lines:
@@ -218,3 +247,69 @@ def sweep_series(cells, results, metric: str) -> dict[str, list[tuple[int, float
     for target in targets:
       series[target].append(point)
   return {name: sorted(points) for name, points in series.items()}
+
+
+# The lead table's figures: the exact-scene accuracy of both directions.
+LEAD_METRICS = (('shapes/i2t_exact', 'captions exact %'),
+                ('shapes/t2i_exact', 'drawings exact %'))
+
+
+def gap_closed(results, name: str, metric: str, reference: str = 'row3',
+               bound: str = 'all_paired') -> list[float]:
+  """Per seed that `name`, `reference` and `bound` all have (and where the bound is not the
+  reference's value): (cell - reference) / (bound - reference), the fraction of the gap
+  between pairs only and every scene paired that the cell closes (1 = the bound, < 0 =
+  below pairs only)."""
+  by_seed = lambda cell: {r['seed']: r['metrics'][metric] for r in results.get(cell, [])
+                          if metric in r['metrics']}
+  low, high, cell = by_seed(reference), by_seed(bound), by_seed(name)
+  return [(cell[s] - low[s]) / (high[s] - low[s]) for s in sorted(cell)
+          if s in low and s in high and high[s] != low[s]]
+
+
+def lead_markdown(cells, results, reference: str = 'row3', bound: str = 'all_paired') -> str:
+  """The study in one table: per cell and direction, exact-scene accuracy (mean ± std), the
+  per-seed difference against `reference` (`format_difference`) and the fraction of the
+  reference-to-bound gap closed (mean ± std over seeds, in %). '' when no cell has a run."""
+  header = ['cell', 'what', 'seeds']
+  for _, label in LEAD_METRICS:
+    header += [label, f'minus {reference}, same seed', 'gap closed']
+  lines = []
+  for cell in cells:
+    runs = results.get(cell.name, [])
+    if not runs:
+      continue
+    by_seed = {r['seed']: r['metrics'] for r in results.get(reference, [])}
+    row = [cell.name, cell.what, str(len(runs))]
+    for metric, _ in LEAD_METRICS:
+      row.append(format_cell([r['metrics'][metric] for r in runs if metric in r['metrics']],
+                             100.0))
+      diffs = [100.0 * (r['metrics'][metric] - by_seed[r['seed']][metric]) for r in runs
+               if r['seed'] in by_seed and metric in r['metrics']
+               and metric in by_seed[r['seed']]]
+      row.append(format_difference(diffs) if diffs and cell.name != reference else '–')
+      gaps = gap_closed(results, cell.name, metric, reference, bound)
+      row.append(format_cell(gaps, 100.0) + ' %'
+                 if gaps and cell.name not in (reference, bound) else '–')
+    lines.append('| ' + ' | '.join(row) + ' |')
+  if not lines:
+    return ''
+  return '\n'.join(['| ' + ' | '.join(header) + ' |', '|---|---|---:|' + '---:|' * 6]
+                   + lines) + '\n'
+
+
+def headline(results, name: str = 'row14', reference: str = 'row3',
+             bound: str = 'all_paired') -> str:
+  """One sentence: the fraction of the gap that `name` closes in each direction, or ''."""
+  parts = []
+  for metric, label in LEAD_METRICS:
+    gaps = gap_closed(results, name, metric, reference, bound)
+    if gaps:
+      mean, std = mean_std(np.asarray(gaps) * 100)
+      spread = f' ± {std:.0f}' if len(gaps) > 1 else ''
+      parts.append(f'{mean:.0f}{spread} % of the {label.split()[0][:-1]} gap '
+                   f'({len(gaps)} seed{"s" if len(gaps) > 1 else ""})')
+  if not parts:
+    return ''
+  return (f'{name} closes ' + ' and '.join(parts) + f' between {reference} (pairs only) and '
+          f'{bound} (every training scene paired), exact scenes, per seed.')
