@@ -123,13 +123,15 @@ def test_laptop_plan_has_the_issue_cells():
   assert itit_points == pair_points == [0.1, 0.3, 1.0]
   comp = {n: (c.row, c.extra, c.as_pairs, c.dataset) for n, c in cells.items() if c.compositional}
   assert comp == dict(row3_comp=(3, 0.0, False, 'compositional'),
-                      row14_comp=(14, 1.0, False, 'compositional'))
+                      row14_comp=(14, 1.0, False, 'compositional'),
+                      row14_critic_comp=(14, 1.0, False, 'compositional'))
+  assert cells['row14_critic_comp'].overrides == cells['row14_critic'].overrides
   assert not any(c.paired_fraction for c in cells.values())
   # The variant that keeps T2I2T off the captioner, beside the paper's row 14.
   assert (cells['row14_critic'].row, cells['row14_critic'].overrides) == (
       14, (('cycle.t2i2t_trains_captioner', False),))
   runs = design.plan_runs(list(cells.values()))
-  assert len(runs) == 2 * 5 + 13 * 3
+  assert len(runs) == 2 * 5 + 14 * 3
   assert [r.name for r in runs[-4:]] == ['row3-seed4', 'row14-seed4', 'row3-seed5',
                                          'row14-seed5']
   quick = design.plan_runs(list(cells.values()), plan.QUICK_CELLS, 1)
@@ -292,7 +294,7 @@ def test_laptop_dry_run_names_the_laptop_presets(tmp_path):
   out = tmp_path / 'out'
   lines = dry_run(['--out', str(out)])
   text = '\n'.join(lines)
-  assert re.search(r'Plan: 49 runs, ~\d+h\d\dm estimated', text)
+  assert re.search(r'Plan: 52 runs, ~\d+h\d\dm estimated', text)
   assert "Level: laptop (budget 'default'); data: {'num_train': 480, " in text
   fraction = plan.LAPTOP_PAIRED_FRACTION
   assert text.count('-m itit.train_tokenizer --config=configs/vqgan_shapes.py:laptop ') == 1
@@ -303,7 +305,7 @@ def test_laptop_dry_run_names_the_laptop_presets(tmp_path):
   assert f'--out_dir={out}/work/data_compositional ' in comp_prepare
   assert f'--config.text_tokenizer={out}/work/data_mixed/spiece.model' in comp_prepare
   trains = [line for line in lines if '-m itit.train ' in line]
-  assert len(trains) == 49
+  assert len(trains) == 52
   assert all(re.search(r' --config=configs/shapes\.py:row\d+,laptop ', line) for line in trains)
   # The preset sets steps, lr and batches; the budget adds only the evaluation it needs.
   assert not any(f'--config.{field}' in line for line in trains
@@ -316,11 +318,11 @@ def test_laptop_dry_run_names_the_laptop_presets(tmp_path):
   itit_u10 = next(line for line in trains if 'runs/itit_u10-seed1 ' in line)
   unpaired = round(0.1 * design.data_counts(plan.BUDGETS['default'])['unpaired_image'])
   assert f'--config.data.max_records.unpaired_image={unpaired}' in itit_u10
-  for name in ('row3_comp', 'row14_comp'):
+  for name in ('row3_comp', 'row14_comp', 'row14_critic_comp'):
     line = next(line for line in trains if f'runs/{name}-seed3 ' in line)
     assert f'--config.data.dir={out}/work/data_compositional ' in line
     assert '--config.eval.shapes_splits=test,novel_test' in line
-  assert sum('novel_test' in line for line in trains) == 6
+  assert sum('novel_test' in line for line in trains) == 9
   assert '--num_steps=4' in next(line for line in lines if '-m itit.sample' in line)
   assert not out.exists()
 
@@ -574,7 +576,7 @@ def test_report_shows_the_novel_looks_of_the_compositional_cells(tmp_path):
   row3_curve, _ = tables.sweep_series(cells, results, 'shapes/i2t_exact').values()
   assert [(x, round(m, 6)) for x, m, _ in row3_curve] == [(24, 50.0)]
   text = open(readme).read()
-  assert 'Status: 8 of the plan\'s 49 runs are finished' in text
+  assert 'Status: 8 of the plan\'s 52 runs are finished' in text
   assert f'--out {out}`' in text  # the laptop level needs no flag
   half = shapes_config.get_config('laptop').total_steps // 2
   assert f'(ITIT: cycles from step {half}, ' in text

@@ -131,6 +131,9 @@ LAPTOP_CELLS = (
     design.Cell('row14_comp', 14, 1.0, False, 3,
                 'full cycles; the pairs show half the looks, the unpaired data all of them',
                 compositional=True),
+    design.Cell('row14_critic_comp', 14, 1.0, False, 3,
+                'row14_critic on the data of row14_comp', compositional=True,
+                overrides=FIXED_CAPTIONER),
 )
 STANDARD_CELLS = (
     ('row3', 3, 0.0, False, 3, 'pairs only'),
