@@ -133,7 +133,9 @@ def init_params(model_config):
 # -- (a) train steps ---------------------------------------------------------------------------
 
 def make_step(config, params, rng):
-  """(one_step() -> loss, loss names, examples per step) for the jitted, donated train step."""
+  """(one_call() -> loss, loss names, examples per step, steps per call) for the jitted,
+  donated train step. A call runs cycle.reuse steps (one synthesis and its reuses), so the
+  time of a call over its steps is the mean step time of the cycle."""
   model = itit_model.ITIT(config.model)
   loss_fns = registry.make_loss_fns(config, model)
   streams = sorted({stream for stream, _ in loss_fns.values()})
@@ -144,17 +146,22 @@ def make_step(config, params, rng):
                            opt_state=tx.init(params),
                            rng=jax.random.key(1, impl=config.prng_impl),
                            first_nonfinite_step=jnp.full((), -1, jnp.int32),
-                           skipped_steps=jnp.zeros((), jnp.int32))
+                           skipped_steps=jnp.zeros((), jnp.int32),
+                           pseudo_pairs=state_lib.initial_pseudo_pairs(config))
+  reuse = config.cycle.reuse
   step_fn = jax.jit(functools.partial(step_lib.train_step, loss_fns=loss_fns, tx=tx,
-                                      schedule=schedule, nan_policy='halt'),
+                                      schedule=schedule, nan_policy='halt',
+                                      cycle_parts=registry.make_cycle_parts(config, model),
+                                      reuse=reuse),
                     donate_argnums=(0,))
   holder = [state]
 
-  def one_step():
-    holder[0], metrics = step_fn(holder[0], batch)
+  def one_call():
+    for _ in range(reuse):
+      holder[0], metrics = step_fn(holder[0], batch)
     return metrics['loss']
 
-  return one_step, sorted(loss_fns), sum(config.batch[s] for s in streams)
+  return one_call, sorted(loss_fns), sum(config.batch[s] for s in streams), reuse
 
 
 def bench_step(config, args, results, rng):
@@ -164,15 +171,17 @@ def bench_step(config, args, results, rng):
   rows = [int(r) for r in args.rows.split(',')]
   for row in rows:
     row_cfg = row_config(config, row, args.batch)
-    one_step, names, examples = make_step(row_cfg, params, rng)
+    one_step, names, examples, steps_per_call = make_step(row_cfg, params, rng)
     timing = time_calls(one_step, args.steps)
+    for key in ('first_s', 'median_s'):  # per step (a call runs cycle.reuse of them)
+      timing[key] /= steps_per_call
     step_flops = registry.train_step_flops(row_cfg, names)
     with_flops(timing, step_flops['total'])
     timing.update(losses=names, examples_per_step=examples,
                   examples_per_s=examples / timing['median_s'],
                   synthesis_flops_fraction=step_flops['synthesis'] / step_flops['total'],
                   synthesis_steps=row_cfg.cycle.synthesis_steps,
-                  guidance_scale=row_cfg.cycle.guidance_scale)
+                  guidance_scale=row_cfg.cycle.guidance_scale, reuse=row_cfg.cycle.reuse)
     key = f'step_row{row}{args.tag}'
     results[key] = timing
     report(key, timing)

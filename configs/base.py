@@ -141,6 +141,12 @@ def paper_config(size='B'):
       # pass a fixed critic, so unpaired text trains only T2I through it, and a weak T2I's
       # pseudo images cannot teach the captioner wrong captions (docs/SHAPES.md).
       t2i2t_trains_captioner=True,
+      # Not in the paper (1: a fresh pseudo pair every step, the paper's on-line synthesis):
+      # each pseudo pair serves this many steps, synthesized every reuse-th step from that
+      # step's unpaired batches and kept in the train state; the steps between train on it
+      # with up to reuse - 1 updates' staleness and leave their own unpaired batches unread.
+      # Synthesis costs 1 / reuse of its on-line price (docs/DESIGN_NOTES.md).
+      reuse=1,
       # Stop the gradient after the encoder's first forward pass in each cycle (appendix B).
       stop_first_encoder_grad=True,
       # Not in the paper (0: cycles from the first step): the cycle losses join at this step,

@@ -126,7 +126,8 @@ def check(config: ml_collections.ConfigDict, mesh, *, compile_step: bool = True,
       unsharded_params=partitioning.replicated_leaves(
           abstract_state.params, state_shardings.params, min_size=4096) if num_devices > 1 else [])
   if compile_step:
-    step_fn = step_lib.jit_train_step(config, loss_fns, tx, schedule, state_shardings)
+    step_fn = step_lib.jit_train_step(config, loss_fns, tx, schedule, state_shardings,
+                                      registry.make_cycle_parts(config, model))
     start = time.perf_counter()
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       lowered = step_fn.lower(state, batch, frozen)

@@ -9,6 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import base
@@ -20,6 +21,7 @@ from itit.losses import paired
 from itit.losses import registry
 from itit.models import itit
 from itit.models.itit import ITIT
+from itit.trainer import loop
 from itit.trainer import optimizer as optimizer_lib
 from itit.trainer import state as state_lib
 from itit.trainer import step as step_lib
@@ -307,3 +309,88 @@ def test_cycle_start_step_skips_the_cycles_until_it_then_trains_all_losses(setup
                              rtol=1e-6)  # same batch and keys; only the cycles joined
   # From the start step the cycles' gradients join the paired ones.
   assert not np.isclose(after_metrics['l2_grads'], reference_metrics['l2_grads'], rtol=1e-3)
+
+
+def test_reuse_keeps_each_pseudo_pair_for_reuse_steps():
+  """The train step's reuse logic with stand-in cycle halves (no model): a pair records the
+  step's unpaired texts, the parameter it was made with and its key; the loss reads it."""
+  def make_pair(params, batch, rng):
+    key_bits = jax.random.randint(rng, (4, 1), 0, 1000)
+    return {'text_ids': batch['text_ids'],
+            'pseudo_image': jnp.concatenate(
+                [jnp.round(100 * params['w']).astype(jnp.int32) * jnp.ones((4, 1), jnp.int32),
+                 key_bits], axis=1)}
+
+  def on_pair(params, pair, rng):
+    del rng
+    return params['w'] * jnp.sum(pair['text_ids']), {'texts': jnp.sum(pair['text_ids'])}
+
+  def whole_cycle(params, batch, rng):  # what reuse = 1 runs: the two halves in one
+    return on_pair(params, make_pair(params, batch, rng), rng)
+
+  tx = optax.sgd(1e-3)
+  params = {'w': jnp.asarray(1.0)}
+  run = lambda reuse, start, batches: run_steps(reuse, start, batches, tx, params, make_pair,
+                                                on_pair, whole_cycle)
+  texts = [np.full((4, 2), k + 1, np.int32) for k in range(5)]  # step k's unpaired texts
+  # reuse 2 from step 0: steps 0, 2, 4 make pairs of their own texts; 1 and 3 reuse them.
+  states, metrics = run(2, 0, texts)
+  assert [int(m['t2i2t/texts']) for m in metrics] == [8 * t for t in (1, 1, 3, 3, 5)]
+  pair_after = [np.asarray(s.pseudo_pairs['t2i2t']['pseudo_image']) for s in states]
+  np.testing.assert_array_equal(pair_after[1], pair_after[0])  # kept, not remade
+  assert not np.array_equal(pair_after[2], pair_after[1])
+  # A fresh step synthesizes with the step's parameters and the key reuse = 1 would draw.
+  online_states, online_metrics = run(1, 0, texts)
+  assert online_states[0].pseudo_pairs is None
+  np.testing.assert_allclose(states[0].params['w'], online_states[0].params['w'], rtol=0)
+  np.testing.assert_allclose(states[2].params['w'] - states[1].params['w'],
+                             online_states[2].params['w'] - online_states[1].params['w'],
+                             rtol=1e-6)  # same gradient at a fresh step: 8 * 3 * lr
+  step_rng = jax.random.split(states[1].rng)[1]
+  expected = make_pair(states[1].params, {'text_ids': texts[2]},
+                       step_lib.loss_rng(step_rng, 't2i2t'))
+  np.testing.assert_array_equal(pair_after[2], expected['pseudo_image'])
+  assert [int(m['t2i2t/texts']) for m in online_metrics] == [8 * t for t in range(1, 6)]
+  # With cycles from step 1, the pairs are made at steps 1 and 3 (every reuse-th step from the
+  # start), never before it.
+  _, metrics = run(2, 1, texts)
+  assert [int(m['t2i2t/texts']) for m in metrics] == [0, 16, 16, 32, 32]
+  with pytest.raises(ValueError, match=r"reuse=2 needs cycle_parts for the cycles"):
+    step_lib.train_step(states[0], {'unpaired_text': {'text_ids': texts[0]}},
+                        loss_fns={'t2i2t': ('unpaired_text', whole_cycle)}, tx=tx,
+                        schedule=lambda step: 1e-3, nan_policy='halt', reuse=2)
+
+
+def run_steps(reuse, start, batches, tx, params, make_pair, on_pair, whole_cycle):
+  """States and metrics after each of len(batches) jitted steps with the stand-in cycle."""
+  pairs = None
+  if reuse > 1:
+    pairs = {'t2i2t': {'text_ids': jnp.zeros((4, 2), jnp.int32),
+                       'pseudo_image': jnp.zeros((4, 2), jnp.int32)}}
+  state = state_lib.TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+      rng=jax.random.PRNGKey(0), first_nonfinite_step=jnp.full((), -1, jnp.int32),
+      skipped_steps=jnp.zeros((), jnp.int32), pseudo_pairs=pairs)
+  step = jax.jit(functools.partial(
+      step_lib.train_step, loss_fns={'t2i2t': ('unpaired_text', whole_cycle)}, tx=tx,
+      schedule=lambda step: 1e-3, nan_policy='halt', cycle_start_step=start,
+      cycle_parts={'t2i2t': (make_pair, on_pair)}, reuse=reuse))
+  states, metrics = [], []
+  for texts in batches:
+    state, step_metrics = step(state, {'unpaired_text': {'text_ids': texts}})
+    states.append(state)
+    metrics.append(step_metrics)
+  return states, metrics
+
+
+def test_run_summary_states_the_reuse():
+  config = tiny.get_config('row14')
+  names = registry.enabled_losses(config)
+  counts = itit.count_params(config)
+  assert 'pseudo pair serves' not in loop.run_summary(config, names, counts, {'data': 1})
+  config.cycle.reuse = 3
+  assert registry.pseudo_pair_shapes(config) == {
+      'i2t2i': {'image_tokens': (4, 16), 'pseudo_text': (4, 8)},
+      't2i2t': {'text_ids': (4, 8), 'pseudo_image': (4, 16)}}
+  summary = loop.run_summary(config, names, counts, {'data': 1})
+  assert 'cycles from step 0; each pseudo pair serves 3 steps' in summary

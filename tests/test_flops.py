@@ -180,3 +180,16 @@ def test_cycle_step_counts_synthesis_per_step():
   # Captioning with a cache costs far less than rerunning the decoder at every step.
   assert (flops.captioner(m, 4, length, cached=False)
           > 3 * flops.captioner(m, 4, length, cached=True))
+
+
+def test_reused_pseudo_pairs_pay_synthesis_once_per_reuse():
+  config = tiny.get_config('row14')
+  reused = config.copy_and_resolve_references()
+  reused.cycle.reuse = 4
+  for name in ('t2i2t', 'i2t2i'):
+    online, cheap = registry.loss_flops(config, name), registry.loss_flops(reused, name)
+    assert cheap['synthesis'] == pytest.approx(online['synthesis'] / 4) and online['synthesis'] > 0
+    assert cheap['train'] == online['train']  # every step still runs both passes of the cycle
+  names = ['t2i', 'i2t', 't2i2t', 'i2t2i']
+  online, cheap = registry.train_step_flops(config, names), registry.train_step_flops(reused, names)
+  assert online['total'] - cheap['total'] == pytest.approx(0.75 * online['synthesis'])

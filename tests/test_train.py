@@ -150,6 +150,57 @@ def test_rbg_prng_resumes_bitwise_and_refuses_another_impl(data_dir, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # two row-14 runs with synthesis (~2 min)
+def test_reused_pseudo_pairs_resume_bitwise_and_refuse_another_side_of_one(data_dir, tmp_path):
+  # Row 14 reading the paired shards as its unpaired streams; each pseudo pair serves 2 steps.
+  row14 = lambda **changes: conftest.apply_overrides(tiny.get_config('row14'), {
+      'data.dir': data_dir, 'data.unpaired_image': 'paired', 'data.unpaired_text': 'paired',
+      'cycle.synthesis_steps': 2, 'cycle.reuse': 2, **TRAIN, **changes})
+  straight = str(tmp_path / 'straight')
+  loop.train_and_evaluate(row14(), straight)
+  resumed = str(tmp_path / 'resumed')
+  # Stopped at step 3: step 3 trains on the pair step 2 made, so the kept pair must come back.
+  assert loop.train_and_evaluate(row14(max_steps_per_run=3), resumed) == {'stopped_at_step': 3}
+  manager = ocp.CheckpointManager(os.path.join(resumed, 'checkpoints'))
+  kept = manager.restore(3, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  pairs = kept['pseudo_pairs']
+  assert pairs['t2i2t']['pseudo_image'].shape == (4, 16)
+  assert pairs['i2t2i']['pseudo_text'].shape == (4, 8)
+  assert np.any(np.asarray(pairs['i2t2i']['pseudo_text']) != 0)  # made, not the initial zeros
+  with pytest.raises(ValueError, match=r'trained with cycle\.reuse=2 and this config asks for 1: '
+                                       r'its checkpoints hold the kept pseudo pairs'):
+    loop.train_and_evaluate(row14(**{'cycle.reuse': 1}), resumed)
+  loop.train_and_evaluate(row14(), resumed)
+  for a, b in zip(jax.tree.leaves(final_params(straight)[1]),
+                  jax.tree.leaves(final_params(resumed)[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_checkpoint_from_before_the_kept_pseudo_pairs_restores(tmp_path):
+  config = tiny.get_config('row3')
+  tx, _ = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
+  state = state_lib.init_train_state(config, tx, state_lib.seed_key_data(config))
+  assert state.pseudo_pairs is None
+  # What such a checkpoint holds: the same fields, without 'pseudo_pairs'.
+  older = {name: getattr(state, name) for name in ('step', 'params', 'opt_state', 'rng',
+                                                   'first_nonfinite_step', 'skipped_steps')}
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / 'checkpoints'), async_save=False)
+  checkpointer.save(5, older, {'config': {}})
+  checkpointer.wait()
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  restored, _ = checkpointer.restore(5, abstract)
+  assert isinstance(restored, state_lib.TrainState) and restored.pseudo_pairs is None
+  as_data = lambda s: s.replace(rng=jax.random.key_data(s.rng))
+  for a, b in zip(jax.tree.leaves(as_data(restored)), jax.tree.leaves(as_data(state))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # A config that keeps pseudo pairs cannot continue it: one line, not Orbax's tree diff.
+  wanting = abstract.replace(pseudo_pairs={'i2t2i': {
+      'pseudo_text': jax.ShapeDtypeStruct((4, 8), np.int32)}})
+  with pytest.raises(ValueError, match=r"predates the state fields \['pseudo_pairs'\] this "
+                                       r'config needs'):
+    checkpointer.restore(5, wanting)
+
+
 def _rows_each_loss_reads(paired_split):
   """One (unjitted) train step whose two paired 'losses' report the example ids they read."""
   config = tiny.get_config('row3')

@@ -24,6 +24,10 @@ Choices the paper leaves open, made here:
   on the encoder's PARAMETERS only: scaling the features instead would also scale the gradient
   reaching the reconstructed image Ĩ, i.e. the image decoder's whole cycle signal.
 
+Each cycle is `<cycle>_pseudo_pair` (the synthesis) then `<cycle>_on_pseudo_pair` (the losses'
+forward and backward passes): the train step reuses a pseudo pair for cycle.reuse steps with
+them (itit.trainer.step).
+
 Not in the paper, off by default: config.cycle.t2i2t_trains_captioner=False makes T2I2T's
 captioning pass a fixed critic (its parameters read stop_gradient), so unpaired text trains T2I
 only; at the laptop level of the shapes world the paper's cycle taught a weak T2I's drawings to
@@ -142,14 +146,28 @@ def t2i2t_cycle(params, text_ids, pseudo_image, rng, *, model, config, determini
                 'pseudo_image_masked_agreement': agreement}
 
 
+def t2i2t_pseudo_pair(params, batch, rng, *, model, config):
+  """The pseudo pair of unpaired texts {'text_ids': [B, L]}: {'text_ids', 'pseudo_image' [B, N]}
+  (int32, no gradient)."""
+  synthesis_rng, _ = jax.random.split(rng)
+  text_ids = batch['text_ids'].astype(jnp.int32)
+  return {'text_ids': text_ids,
+          'pseudo_image': synthesize_pseudo_images(params, text_ids, synthesis_rng, model=model,
+                                                   config=config).astype(jnp.int32)}
+
+
+def t2i2t_on_pseudo_pair(params, pair, rng, *, model, config, deterministic=False):
+  """`t2i2t_cycle` on a `t2i2t_pseudo_pair` (made now, or up to cycle.reuse - 1 steps ago)."""
+  _, cycle_rng = jax.random.split(rng)
+  return t2i2t_cycle(params, pair['text_ids'], pair['pseudo_image'], cycle_rng, model=model,
+                     config=config, deterministic=deterministic)
+
+
 def t2i2t_loss(params, batch, rng, *, model, config, deterministic=False):
   """Eq. (3) on unpaired text batch {'text_ids': [B, L]}: synthesize I', then `t2i2t_cycle`."""
-  synthesis_rng, cycle_rng = jax.random.split(rng)
-  text_ids = batch['text_ids']
-  pseudo_image = synthesize_pseudo_images(params, text_ids, synthesis_rng, model=model,
-                                          config=config)
-  return t2i2t_cycle(params, text_ids, pseudo_image, cycle_rng, model=model, config=config,
-                     deterministic=deterministic)
+  pair = t2i2t_pseudo_pair(params, batch, rng, model=model, config=config)
+  return t2i2t_on_pseudo_pair(params, pair, rng, model=model, config=config,
+                              deterministic=deterministic)
 
 
 # -- I2T2I, eq. (4) ----------------------------------------------------------------------------
@@ -207,9 +225,24 @@ def i2t2i_cycle(params, image_tokens, pseudo_text, rng, *, model, config, determ
   }
 
 
+def i2t2i_pseudo_pair(params, batch, rng, *, model, config):
+  """The pseudo pair of unpaired images {'image_tokens': [B, N]}: {'image_tokens',
+  'pseudo_text' [B, max_text_len]} (int32, no gradient; greedy captioning draws no key)."""
+  del rng
+  image_tokens = batch['image_tokens'].astype(jnp.int32)
+  return {'image_tokens': image_tokens,
+          'pseudo_text': synthesize_pseudo_captions(params, image_tokens, model=model,
+                                                    config=config).astype(jnp.int32)}
+
+
+def i2t2i_on_pseudo_pair(params, pair, rng, *, model, config, deterministic=False):
+  """`i2t2i_cycle` on an `i2t2i_pseudo_pair` (made now, or up to cycle.reuse - 1 steps ago)."""
+  return i2t2i_cycle(params, pair['image_tokens'], pair['pseudo_text'], rng, model=model,
+                     config=config, deterministic=deterministic)
+
+
 def i2t2i_loss(params, batch, rng, *, model, config, deterministic=False):
   """Eq. (4) on unpaired image batch {'image_tokens': [B, N]}: caption T', then `i2t2i_cycle`."""
-  image_tokens = batch['image_tokens']
-  pseudo_text = synthesize_pseudo_captions(params, image_tokens, model=model, config=config)
-  return i2t2i_cycle(params, image_tokens, pseudo_text, rng, model=model, config=config,
-                     deterministic=deterministic)
+  pair = i2t2i_pseudo_pair(params, batch, rng, model=model, config=config)
+  return i2t2i_on_pseudo_pair(params, pair, rng, model=model, config=config,
+                              deterministic=deterministic)

@@ -101,7 +101,9 @@ def _t2i2t_flops(config, batch):
   _, kept, t2i_kept, length, empty = _sizes(config)
   half = config.loss.unpaired_text_loss == 't2i2t_half'
   first_encoder = 1 if c.stop_first_encoder_grad else 3
-  synthesis = flops.image_sampler(mc, batch, length, c.synthesis_steps, bool(c.guidance_scale))
+  # A pseudo pair serves cycle.reuse steps: its synthesis is paid once per reuse steps.
+  synthesis = flops.image_sampler(mc, batch, length, c.synthesis_steps,
+                                  bool(c.guidance_scale)) / c.reuse
   text = (flops.text_encoder(mc, batch, length) if c.stop_first_encoder_grad
           else _text_encoder_train(mc, batch, length))
   train = (text + first_encoder * flops.encoder(mc, batch, t2i_kept, length)
@@ -116,7 +118,7 @@ def _i2t2i_flops(config, batch):
   _, kept, t2i_kept, length, empty = _sizes(config)
   half = config.loss.unpaired_image_loss == 'i2t2i_half'
   first_encoder = 1 if c.stop_first_encoder_grad else 3
-  synthesis = flops.captioner(mc, batch, length)
+  synthesis = flops.captioner(mc, batch, length) / c.reuse
   train = (first_encoder * flops.encoder(mc, batch, kept, 1) + empty
            + (1 if half else 3) * flops.text_decoder(mc, batch, kept + 1, length)
            + _text_encoder_train(mc, batch, length, distributions=True, input_grad=not half)
@@ -136,6 +138,10 @@ class Loss:
   paired_half: under batch.paired_split, the half of the paired batch this loss reads.
   cycle: trains on pseudo pairs the model makes itself (eqs. 3-4): skipped before
     cycle.start_step.
+  pseudo_pair, on_pseudo_pair: a cycle's two halves, `fn` = on_pseudo_pair after pseudo_pair:
+    `(params, batch, rng, *, model, config) -> pair` (the synthesis, no gradient) and
+    `(params, pair, rng, *, model, config, deterministic=False) -> (loss, metrics)`; the train
+    step calls them apart to reuse a pair for cycle.reuse steps.
   """
   name: str
   label: str
@@ -146,6 +152,8 @@ class Loss:
   paired_half: int | None = None
   cycle: bool = False
   default_weight: float = 1.0
+  pseudo_pair: Callable | None = None
+  on_pseudo_pair: Callable | None = None
 
 
 LOSSES = {loss.name: loss for loss in (
@@ -163,10 +171,12 @@ LOSSES = {loss.name: loss for loss in (
          lambda c: c.loss.unpaired_image_loss == 'i2i', _i2i_flops),
     Loss('t2i2t', 'T2I2T (eq. 3)', 'unpaired_text', cycles.t2i2t_loss,
          lambda c: c.loss.unpaired_text_loss in ('t2i2t', 't2i2t_half'), _t2i2t_flops,
-         cycle=True),
+         cycle=True, pseudo_pair=cycles.t2i2t_pseudo_pair,
+         on_pseudo_pair=cycles.t2i2t_on_pseudo_pair),
     Loss('i2t2i', 'I2T2I (eq. 4)', 'unpaired_image', cycles.i2t2i_loss,
          lambda c: c.loss.unpaired_image_loss in ('i2t2i', 'i2t2i_half'), _i2t2i_flops,
-         cycle=True),
+         cycle=True, pseudo_pair=cycles.i2t2i_pseudo_pair,
+         on_pseudo_pair=cycles.i2t2i_on_pseudo_pair),
 )}
 DEFAULT_WEIGHTS = {name: loss.default_weight for name, loss in LOSSES.items()}
 CYCLE_LOSSES = tuple(name for name, loss in LOSSES.items() if loss.cycle)
@@ -208,6 +218,34 @@ def make_loss_fns(config, model) -> dict[str, tuple[str, Callable]]:
     weight = config.loss.weights[name]
     fns[name] = (loss.stream, fn if weight == 1.0 else _times_weight(fn, weight))
   return fns
+
+
+def make_cycle_parts(config, model) -> dict[str, tuple[Callable, Callable]]:
+  """The enabled cycle losses' halves: name -> (pseudo_pair(params, batch, rng) -> pair,
+  on_pseudo_pair(params, pair, rng) -> (loss, metrics)), bound like `make_loss_fns` (the
+  weight on the second)."""
+  parts = {}
+  for name in enabled_losses(config):
+    loss = LOSSES[name]
+    if loss.pseudo_pair is None:
+      continue
+    on_pair = functools.partial(loss.on_pseudo_pair, model=model, config=config)
+    weight = config.loss.weights[name]
+    parts[name] = (functools.partial(loss.pseudo_pair, model=model, config=config),
+                   on_pair if weight == 1.0 else _times_weight(on_pair, weight))
+  return parts
+
+
+def pseudo_pair_shapes(config) -> dict[str, dict[str, tuple[int, int]]]:
+  """The pseudo pairs a train step keeps for cycle.reuse > 1 (global batch, int32):
+  {cycle loss: {field: [batch, length]}}; {} when nothing is reused."""
+  if config.cycle.reuse <= 1:
+    return {}
+  tokens, length = config.model.image_grid ** 2, config.model.max_text_len
+  fields = {'t2i2t': (('text_ids', length), ('pseudo_image', tokens)),
+            'i2t2i': (('image_tokens', tokens), ('pseudo_text', length))}
+  return {name: {field: (batch_size(config, name), size) for field, size in fields[name]}
+          for name in enabled_losses(config) if name in fields}
 
 
 def label(config, name: str) -> str:

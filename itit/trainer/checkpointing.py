@@ -14,6 +14,7 @@ starts from scratch over damaged checkpoints. A disk that fills up during a save
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 import re
@@ -106,15 +107,31 @@ class Checkpointer:
     Restoring into a different mesh than the one that saved works: Orbax reads each shard for
     the target sharding. Iterators are restored in place.
     """
-    self.check_params_fit(step, abstract_state)
-    items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+    saved_tree = self.check_params_fit(step, abstract_state)
+    # A state field added since the checkpoint was written (TrainState.pseudo_pairs) is absent
+    # from its tree: restore the fields it has, the new ones keep their empty (None) value.
+    target = abstract_state
+    absent = [f.name for f in dataclasses.fields(abstract_state) if f.name not in saved_tree
+              ] if dataclasses.is_dataclass(abstract_state) else []
+    if absent:
+      wanted = [name for name in absent if getattr(abstract_state, name) is not None]
+      if wanted:
+        raise errors.UserError(
+            f'the checkpoint at step {step} in {self.directory} predates the state fields '
+            f'{wanted} this config needs; resume with the config it was trained with '
+            '(config.json next to checkpoints/), or use a new workdir')
+      target = {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
+                if f.name in saved_tree}
+    items = dict(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
     for name, iterator in (iterators or {}).items():
       items[f'data_{name}'] = grain.checkpoint.CheckpointRestore(iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored['state'], restored['meta']
+    state = restored['state']
+    return (abstract_state.replace(**state) if absent else state), restored['meta']
 
-  def check_params_fit(self, step: int, abstract_state: Any) -> None:
-    """Raises a one-line UserError naming every parameter whose name or shape differs.
+  def check_params_fit(self, step: int, abstract_state: Any) -> dict:
+    """Raises a one-line UserError naming every parameter whose name or shape differs; returns
+    the checkpoint's state tree metadata.
 
     Reads only the checkpoint's metadata, so a run started with another model config (another
     width, depth or vocabulary) is told what differs instead of getting Orbax's shape error.
@@ -133,6 +150,7 @@ class Checkpointer:
           f'the checkpoint at step {step} in {self.directory} does not fit this model config: '
           f'{len(problems)} parameters differ: {"; ".join(problems[:4])}{more}. Resume with the '
           f'config it was trained with (config.json next to checkpoints/), or use a new workdir')
+    return saved_tree
 
   def wait(self) -> None:
     with self._disk_full_guard():

@@ -148,6 +148,9 @@ def check_cycle(cycle) -> None:
   for name in ('temperature', 'guidance_scale', 'gumbel_strength'):
     if not cycle[name] >= 0:
       raise errors.UserError(f'cycle.{name}={cycle[name]}: must be >= 0 (0 = off)')
+  if isinstance(cycle.reuse, bool) or not isinstance(cycle.reuse, int) or cycle.reuse < 1:
+    raise errors.UserError(f'cycle.reuse={cycle.reuse!r}: must be a whole number of steps >= 1 '
+                           '(1: a fresh pseudo pair every step, the paper)')
 
 
 def check_train_config(config, num_devices: int, process_count: int, streams=None) -> None:

@@ -69,7 +69,8 @@ def run_summary(config, loss_names, counts: Mapping[str, int], mesh_shape: Mappi
                  f'{c.sample_temperature:g}; pseudo captions greedy, '
                  f'{config.model.max_text_len} tokens; Gumbel {c.gumbel_strength:g}; cycles '
                  f'{start}' + ('' if c.t2i2t_trains_captioner
-                               else '; T2I2T trains T2I only (fixed captioner)'))
+                               else '; T2I2T trains T2I only (fixed captioner)')
+                 + (f'; each pseudo pair serves {c.reuse} steps' if c.reuse > 1 else ''))
   lines.append(itit_model.format_param_counts(counts))
   o = config.optimizer
   lines.append(f'optimizer: {o.name}, lr {o.lr:g} ({o.schedule}, {o.warmup_steps} warm-up '
@@ -92,6 +93,17 @@ def check_resume_prng_impl(saved_config: dict, config, workdir: str) -> None:
         f'{workdir} was trained with prng_impl={saved!r} and this config asks for '
         f'{config.prng_impl!r}: its keys cannot continue under another implementation. Pass '
         f'--config.prng_impl={saved} to resume, or use a new --workdir.')
+
+
+def check_resume_reuse(saved_config: dict, config, workdir: str) -> None:
+  """Pseudo pairs are kept in the state only with cycle.reuse > 1: a run resumes on the same
+  side of 1 (runs from before cycle.reuse existed used 1)."""
+  saved = saved_config.get('cycle', {}).get('reuse', 1)
+  if (saved > 1) != (config.cycle.reuse > 1):
+    raise errors.UserError(
+        f'{workdir} was trained with cycle.reuse={saved} and this config asks for '
+        f'{config.cycle.reuse}: its checkpoints {"hold" if saved > 1 else "lack"} the kept pseudo '
+        f'pairs. Pass --config.cycle.reuse={saved} to resume, or use a new --workdir.')
 
 
 class _Preemption:
@@ -144,6 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def check_saved_meta(saved_meta):
     """A checkpoint's meta must match this run's PRNG, data and frozen text encoder."""
     check_resume_prng_impl(saved_meta.get('config', {}), config, workdir)
+    check_resume_reuse(saved_meta.get('config', {}), config, workdir)
     train_data.check_resume_identities(saved_meta.get('data', {}), meta['data'], workdir)
     if 'text_encoder' in saved_meta:
       t5_loader.check_t5_identity(saved_meta['text_encoder'], config.model.text_encoder.path)
@@ -162,7 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if config.get('init_from'):
         state = state.replace(params=state_lib.params_from_run(config.init_from, state.params,
                                                                state_shardings.params))
-    step_fn = step_lib.jit_train_step(config, loss_fns, tx, schedule, state_shardings)
+    step_fn = step_lib.jit_train_step(config, loss_fns, tx, schedule, state_shardings,
+                                      registry.make_cycle_parts(config, model))
     eval_fn = jax.jit(functools.partial(step_lib.eval_step, loss_fns=loss_fns, model=model))
   evaluator = evaluation.maybe_suite(config, model, workdir)
 

@@ -42,6 +42,7 @@ def check_workdir(workdir: str, step: int | None = None) -> None:
 LATER_FIELDS = {
     'cycle.sample_temperature': 1.0,
     'cycle.t2i2t_trains_captioner': True,
+    'cycle.reuse': 1,
 }
 
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from itit.losses import registry
 from itit.models import itit as itit_model
 from itit.models import t5_loader
 from itit.trainer import checkpointing
@@ -29,6 +30,9 @@ class TrainState:
   rng: jax.Array
   first_nonfinite_step: jax.Array  # -1 until a step has a non-finite loss or gradient
   skipped_steps: jax.Array  # updates dropped under nan_policy='skip'
+  # cycle.reuse > 1: the pseudo pairs the cycles train on until the next synthesis,
+  # {cycle loss: {field: [batch, length] int32}} (registry.pseudo_pair_shapes); None otherwise.
+  pseudo_pairs: Any = None
 
 
 def seed_key_data(config) -> jax.Array:
@@ -49,7 +53,19 @@ def init_train_state(config, tx, seed_data: jax.Array) -> TrainState:
     params, _ = t5_loader.split_frozen(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=rng, first_nonfinite_step=jnp.full((), -1, jnp.int32),
-                    skipped_steps=jnp.zeros((), jnp.int32))
+                    skipped_steps=jnp.zeros((), jnp.int32),
+                    pseudo_pairs=initial_pseudo_pairs(config))
+
+
+def initial_pseudo_pairs(config):
+  """TrainState.pseudo_pairs before the first synthesis: zeros of
+  `registry.pseudo_pair_shapes(config)`, or None when config.cycle.reuse is 1 (the first cycle
+  step always synthesizes, so the zeros are never trained on)."""
+  shapes = registry.pseudo_pair_shapes(config)
+  if not shapes:
+    return None
+  return {name: {field: jnp.zeros(shape, jnp.int32) for field, shape in fields.items()}
+          for name, fields in shapes.items()}
 
 
 def full_params(params, frozen):
@@ -102,7 +118,9 @@ def state_layout(config, tx, mesh, rules) -> tuple[TrainState, TrainState, Any]:
       step=replicated, params=param_shardings,
       opt_state=opt_state_shardings(abstract_state.opt_state, abstract_state.params,
                                     param_shardings, mesh),
-      rng=replicated, first_nonfinite_step=replicated, skipped_steps=replicated)
+      rng=replicated, first_nonfinite_step=replicated, skipped_steps=replicated,
+      pseudo_pairs=jax.tree.map(lambda _: partitioning.batch_sharding(mesh),
+                                abstract_state.pseudo_pairs))
   return abstract_state, state_shardings, frozen_shardings
 
 

@@ -42,17 +42,45 @@ def loss_inputs(batch: Mapping[str, Any], name: str, stream: str, paired_split: 
   return batch[stream]
 
 
+def pseudo_pairs_for_step(state: TrainState, batch: Mapping[str, Any], step_rng, frozen, *,
+                          cycle_parts, reuse: int, cycle_start_step: int = 0) -> dict:
+  """The pseudo pairs this step's cycles train on, {cycle loss: pair}: synthesized from this
+  step's unpaired batches every `reuse`-th step from `cycle_start_step` on (`lax.cond`: the
+  other steps run no synthesis), else state.pseudo_pairs, made up to reuse - 1 updates ago.
+  The synthesis draws the key the on-line cycle would (`loss_rng`), so a fresh step computes
+  what reuse = 1 computes."""
+  fresh = (state.step >= cycle_start_step) & ((state.step - cycle_start_step) % reuse == 0)
+  params = full_params(state.params, frozen)
+  pairs = {}
+  for name, (make_pair, _) in sorted(cycle_parts.items()):
+    synthesize = functools.partial(make_pair, params, batch[registry.LOSSES[name].stream],
+                                   loss_rng(step_rng, name))
+    pairs[name] = jax.lax.cond(fresh, synthesize, lambda name=name: state.pseudo_pairs[name])
+  return pairs
+
+
 def train_step(state: TrainState, batch: Mapping[str, Any], frozen=None, *, loss_fns, tx,
                schedule, nan_policy: str, cycle_start_step: int = 0,
-               paired_split: bool = False) -> tuple[TrainState, dict]:
+               paired_split: bool = False, cycle_parts=None,
+               reuse: int = 1) -> tuple[TrainState, dict]:
   """One update: the enabled losses summed with equal weights (the paper's eqs. 1-4).
 
   `frozen` (the pretrained T5 encoder's parameters, or None) is an input, not state: it gets no
   gradient, no optimizer state and no checkpoint. Before `cycle_start_step` the cycle losses
   (`registry.Loss.cycle`) are skipped, synthesis included (`lax.cond`), and count 0 with 0 metrics.
   `paired_split`: T2I and I2T/I2I read different halves of batch['paired'] (`loss_inputs`).
+  `reuse` > 1 (config.cycle.reuse): each pseudo pair serves `reuse` steps, kept in
+  state.pseudo_pairs (`pseudo_pairs_for_step`); the cycles then train through `cycle_parts`
+  (`registry.make_cycle_parts`) instead of their `loss_fns` entries.
   """
   rng, step_rng = jax.random.split(state.rng)
+  pairs = state.pseudo_pairs
+  if reuse > 1:
+    if cycle_parts is None or sorted(cycle_parts) != sorted(state.pseudo_pairs or {}):
+      raise ValueError(f'reuse={reuse} needs cycle_parts for the cycles state.pseudo_pairs '
+                       f'holds ({sorted(state.pseudo_pairs or {})})')
+    pairs = pseudo_pairs_for_step(state, batch, step_rng, frozen, cycle_parts=cycle_parts,
+                                  reuse=reuse, cycle_start_step=cycle_start_step)
 
   def total_loss(params):
     total, metrics = 0.0, {}
@@ -60,6 +88,9 @@ def train_step(state: TrainState, batch: Mapping[str, Any], frozen=None, *, loss
     for name, (stream, fn) in sorted(loss_fns.items()):
       compute = functools.partial(fn, batch=loss_inputs(batch, name, stream, paired_split),
                                   rng=loss_rng(step_rng, name))
+      if reuse > 1 and name in pairs:
+        compute = functools.partial(cycle_parts[name][1], pair=pairs[name],
+                                    rng=loss_rng(step_rng, name))
       if cycle_start_step > 0 and registry.LOSSES[name].cycle:
         skipped = lambda p, compute=compute: jax.tree.map(
             lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(compute, p))
@@ -88,7 +119,8 @@ def train_step(state: TrainState, batch: Mapping[str, Any], frozen=None, *, loss
                  l2_updates=update_norm, lr=schedule(state.step),
                  skipped_steps=skipped)
   new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
-                         first_nonfinite_step=first_bad, skipped_steps=skipped)
+                         first_nonfinite_step=first_bad, skipped_steps=skipped,
+                         pseudo_pairs=pairs)
   return new_state, metrics
 
 
@@ -105,8 +137,10 @@ def eval_step(params, batch: Mapping[str, Any], rng, *, loss_fns, model) -> dict
   return metrics
 
 
-def jit_train_step(config, loss_fns, tx, schedule, state_shardings):
+def jit_train_step(config, loss_fns, tx, schedule, state_shardings, cycle_parts=None):
   """`train_step` jitted with the state donated and its output laid out as `state_shardings`.
+
+  cycle_parts: `registry.make_cycle_parts(config, model)`, needed when config.cycle.reuse > 1.
 
   Call it under `jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)`, which place the
   activation constraints.
@@ -115,5 +149,6 @@ def jit_train_step(config, loss_fns, tx, schedule, state_shardings):
       functools.partial(train_step, loss_fns=loss_fns, tx=tx, schedule=schedule,
                         nan_policy=config.nan_policy,
                         cycle_start_step=config.cycle.start_step,
-                        paired_split=config.batch.paired_split),
+                        paired_split=config.batch.paired_split, cycle_parts=cycle_parts,
+                        reuse=config.cycle.reuse),
       out_shardings=(state_shardings, None), donate_argnums=(0,))
