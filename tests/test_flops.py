@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from benchmarks import benchmark
+from benchmarks import cycle_flops
 from configs import tiny
 from itit.decoding import generate
 from itit.losses import registry
@@ -193,3 +195,32 @@ def test_reused_pseudo_pairs_pay_synthesis_once_per_reuse():
   names = ['t2i', 'i2t', 't2i2t', 'i2t2i']
   online, cheap = registry.train_step_flops(config, names), registry.train_step_flops(reused, names)
   assert online['total'] - cheap['total'] == pytest.approx(0.75 * online['synthesis'])
+
+
+def test_cycle_flops_table_of_synthesis_settings(capsys):
+  assert cycle_flops.parse_setting('paper') == dict(synthesis_steps=24, guidance_scale=2.0,
+                                                    reuse=1)
+  assert cycle_flops.parse_setting('s8_r4') == dict(synthesis_steps=8, guidance_scale=0.0,
+                                                    reuse=4)
+  for bad in ('s0', 's4_r0', 'x4', 's4g_r'):
+    with pytest.raises(ValueError, match='use s<steps>'):
+      cycle_flops.parse_setting(bad)
+  config = tiny.get_config()
+  figures = cycle_flops.step_flops(config, 4, 's4g_r2')
+  itit = benchmark.row_config(config, 14, 4)
+  itit.cycle.update(synthesis_steps=4, guidance_scale=2.0, reuse=2)
+  assert itit.batch.unpaired_text == 4 and benchmark.row_config(config, 3, 4).batch.paired == 12
+  expected = registry.train_step_flops(itit, ['i2t', 't2i', 't2i2t', 'i2t2i'])
+  assert figures['row14'] == pytest.approx(expected['total'])
+  assert figures['synthesis_share'] == pytest.approx(expected['synthesis'] / expected['total'])
+  assert figures['ratio'] == pytest.approx(expected['total'] / figures['row3'])
+  # Fewer steps, no guidance and reuse each lower the ratio.
+  ratios = [cycle_flops.step_flops(config, 4, s)['ratio'] for s in ('paper', 's24', 's4', 's4_r4')]
+  assert ratios == sorted(ratios, reverse=True) and len(set(ratios)) == 4
+  assert cycle_flops.main(['--config=configs/tiny.py', '--batch=4', '--settings=paper,s4_r4']) == 0
+  out = capsys.readouterr().out
+  assert '| s4_r4 | 4 | 0 | 4 | ' in out and f'{ratios[3]:.2f}x' in out
+  with pytest.raises(SystemExit) as exited:
+    cycle_flops.main(['--settings=s4,s0'])
+  assert exited.value.code == 2
+  assert "setting 's0': use s<steps>" in capsys.readouterr().err
