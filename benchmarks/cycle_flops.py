@@ -36,11 +36,11 @@ def parse_setting(name: str) -> dict:
               reuse=int(match.group(3) or 1))
 
 
-def step_flops(config, batch: int, setting: str) -> dict:
+def step_flops(config, batch: int, setting: str | dict) -> dict:
   """{'row14': FLOPs of a row-14 step, 'row3': of the row-3 step, 'ratio', 'synthesis_share'}
-  (all devices together) with the synthesis `setting`."""
+  (all devices together) with the synthesis `setting` (a name, or config.cycle fields)."""
   itit = row_config(config, 14, batch)
-  itit.cycle.update(parse_setting(setting))
+  itit.cycle.update(parse_setting(setting) if isinstance(setting, str) else setting)
   paired = row_config(config, 3, batch)
   cycle = registry.train_step_flops(itit, registry.enabled_losses(itit))
   base = registry.train_step_flops(paired, registry.enabled_losses(paired))['total']

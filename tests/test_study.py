@@ -54,6 +54,10 @@ class FakeCLIs:
     elif module == 'itit.sample':
       os.makedirs(flag(command, 'out'), exist_ok=True)
       Image.new('RGB', (400, 300)).save(os.path.join(flag(command, 'out'), 'cycle.png'))
+    elif module == 'benchmarks.benchmark':
+      os.makedirs(os.path.dirname(flag(command, 'out')), exist_ok=True)
+      with open(flag(command, 'out'), 'w') as f:
+        json.dump({f'itit_over_baseline{flag(command, "tag")}': 1.25}, f)
 
   def trained(self):
     return [os.path.basename(flag(c, 'workdir')) for c in self.commands if 'itit.train' in c]
@@ -99,7 +103,7 @@ def test_standard_plan_has_the_issue_cells():
   # Seed by seed: all 14 cells' seed 1, then seed 2, then seed 3 of the 8 three-seed cells.
   assert [r.seed for r in runs] == [1] * 14 + [2] * 14 + [3] * 8
   assert runs[1].name == 'row7-seed1' and runs[-1].name == 'all_paired-seed3'
-  quick = design.plan_runs(list(cells.values()), plan.QUICK_CELLS, 1)
+  quick = design.plan_runs(list(cells.values()), plan.QUICK_CELLS['standard'], 1)
   assert [r.name for r in quick] == ['row3-seed1', 'row14-seed1', 'all_paired-seed1']
   with pytest.raises(ValueError, match=r"unknown cell\(s\) \['row99'\]"):
     design.plan_runs(list(cells.values()), ['row99'])
@@ -134,7 +138,7 @@ def test_laptop_plan_has_the_issue_cells():
   assert len(runs) == 2 * 5 + 14 * 3
   assert [r.name for r in runs[-4:]] == ['row3-seed4', 'row14-seed4', 'row3-seed5',
                                          'row14-seed5']
-  quick = design.plan_runs(list(cells.values()), plan.QUICK_CELLS, 1)
+  quick = design.plan_runs(list(cells.values()), plan.QUICK_CELLS['laptop'], 1)
   assert [r.name for r in quick] == ['row3-seed1', 'row14-seed1', 'all_paired-seed1']
   with pytest.raises(ValueError, match='give paired_fraction or compositional only'):
     design.make_cells([design.Cell('bad', 3, 1.0, True, 1, 'x', compositional=True)])
@@ -751,3 +755,99 @@ def test_report_leads_with_one_table_one_plot_and_the_gap_closed(tmp_path):
   assert '![summary](summary.png)' in lead
   png = out / 'summary.png'
   assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and Image.open(png).size[0] >= 1200
+
+
+def test_cheap_cycles_plan_measures_each_setting_against_the_papers():
+  cells = {c.name: c for c in design.make_cells(plan.CELLS['cheap_cycles'])}
+  assert plan.LEVELS['cheap_cycles'] == plan.LEVELS['laptop']  # the laptop budget and data
+  synthesis = {n: {k: v for k, v in c.overrides if k != 'cycle.t2i2t_trains_captioner'}
+               for n, c in cells.items() if c.row == 14}
+  assert synthesis['synth_paper'] == {'cycle.synthesis_steps': 24, 'cycle.guidance_scale': 2.0,
+                                      'cycle.reuse': 1}
+  assert synthesis['synth_s4_r4'] == {'cycle.synthesis_steps': 4, 'cycle.guidance_scale': 0.0,
+                                      'cycle.reuse': 4}
+  assert all(dict(c.overrides)['cycle.t2i2t_trains_captioner'] is False
+             for c in cells.values() if c.row == 14)
+  assert plan.COST_REFERENCE in cells and {'row3', 'all_paired'} <= set(cells)
+  assert all(c.seeds >= 3 for c in cells.values())
+  for level, quick in plan.QUICK_CELLS.items():
+    assert set(quick) <= {c.name for c in design.make_cells(plan.CELLS[level])}, level
+
+
+def test_cheap_cycles_dry_run_times_every_row14_cell(tmp_path):
+  out = tmp_path / 'cheap'
+  lines = dry_run(['--out', str(out), '--level', 'cheap_cycles'])
+  text = '\n'.join(lines)
+  benches = [line for line in lines if '-m benchmarks.benchmark ' in line]
+  assert len(benches) == 6  # each row-14 cell; rows 3 and all_paired are trained, not timed
+  paper = next(line for line in benches if '--tag=_synth_paper ' in line)
+  for flag_text in ('--config=configs/shapes.py:laptop', '--rows=3,14', '--batch=64',
+                    '--steps=10', f'--out={out}/step_times/synth_paper.json',
+                    '--config.cycle.synthesis_steps=24', '--config.cycle.guidance_scale=2.0',
+                    '--config.cycle.reuse=1', '--config.cycle.t2i2t_trains_captioner=False'):
+    assert flag_text in paper, flag_text
+  assert re.search(r'Plan: 24 runs, ~\d+h\d\dm estimated', text)
+  quick = dry_run(['--out', str(out), '--level', 'cheap_cycles', '--quick'])
+  assert sum('-m benchmarks.benchmark ' in line for line in quick) == 2
+  assert all('--steps=2' in line for line in quick if '-m benchmarks.benchmark ' in line)
+  # The laptop level times nothing.
+  assert not any('benchmarks.benchmark' in line for line in dry_run(['--out', str(out)]))
+
+
+def test_cheap_cycles_report_puts_cost_beside_quality(tmp_path):
+  out = tmp_path / 'out'
+  exact = lambda captions, drawings: {'shapes/i2t_exact': captions, 'shapes/t2i_exact': drawings}
+  for seed in (1, 2, 3):
+    write_cell(out, 'row3', 3, 0.0, False, seed, exact(0.5, 0.2), 0, 240)
+    write_cell(out, 'all_paired', 3, 1.0, True, seed, exact(0.9, 1.0), 0, 480)
+    write_cell(out, 'synth_paper', 14, 1.0, False, seed, exact(0.75, 0.6), 240, 240)
+    # Captions 0.75, 0.5, 1.0 against the paper synthesis' 0.75; drawings 0.1 below it.
+    write_cell(out, 'synth_s4_r4', 14, 1.0, False, seed, exact((0.75, 0.5, 1.0)[seed - 1], 0.5),
+               240, 240)
+  (out / 'step_times').mkdir()
+  (out / 'step_times' / 'synth_s4_r4.json').write_text(json.dumps(
+      {'itit_over_baseline_synth_s4_r4': 1.234}))
+  cells = design.make_cells(plan.CELLS['cheap_cycles'])
+  paths = commands.Paths(str(out), str(out / 'work'), '')
+  with open(report.write_report(cells, paths)) as f:
+    readme = f.read()
+  section = readme.split('## Cost and quality of the synthesis settings')[1].split('![cost]')[0]
+  rows = {line.split(' | ')[0][2:]: line.strip(' |').split(' | ') for line in section.splitlines()
+          if line.startswith('| synth')}
+  assert list(rows) == ['synth_paper', 'synth_s4_r4']
+  costs = report.cell_costs(cells, paths, 'laptop')
+  from benchmarks import cycle_flops  # pylint: disable=g-import-not-at-top
+  from configs import vit_b  # pylint: disable=g-import-not-at-top
+  expected = cycle_flops.step_flops(vit_b.get_config(), 32, 's4_r4')['ratio']
+  assert costs['synth_s4_r4']['itit_b'] == pytest.approx(expected)
+  assert rows['synth_s4_r4'][1:5] == ['4 steps, guidance 0, each pair 4 steps',
+                                      f'{expected:.2f}x', f'{costs["synth_s4_r4"]["level_flops"]:.2f}x',
+                                      '1.23x']
+  assert rows['synth_paper'][4] == '–'  # not measured yet
+  assert costs['synth_paper']['itit_b'] > 2 * costs['synth_s4_r4']['itit_b']
+  # Against the paper's synthesis: captions 0, -25, +25 points (p 1), gap closed 62.5%, 0%,
+  # 125%; drawings -10 on all three seeds.
+  assert rows['synth_s4_r4'][5:8] == ['75.0 ± 25.0', '+0.0 ± 25.0 (1/3, p 1)', '62.5 ± 62.5 %']
+  assert rows['synth_s4_r4'][8:10] == ['50.0 ± 0.0', '-10.0 ± 0.0 (0/3, p < 0.001)']
+  assert rows['synth_paper'][6] == '–'
+  assert (out / 'cost.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_cheap_cycles_times_each_setting_once_and_reports_it(tmp_path):
+  out, vqgan = tmp_path / 'out', tmp_path / 'vqgan'
+  vqgan.mkdir()
+  args = ['--out', str(out), '--level', 'cheap_cycles', '--quick', '--vqgan', str(vqgan)]
+  fake = FakeCLIs()
+  assert cli.main(args, runner=fake, log=quiet) == 0
+  timed = [flag(c, 'tag') for c in fake.commands if 'benchmarks.benchmark' in c]
+  assert timed == ['_synth_paper', '_synth_s4_r4']
+  assert fake.trained() == ['row3-seed1', 'synth_paper-seed1', 'synth_s4_r4-seed1']
+  # A benchmark cut short (its JSON without the ratio) runs again; finished ones do not.
+  (out / 'step_times' / 'synth_s4_r4.json').write_text('{"step_row3_synth_s4_r4": {}}')
+  fake = FakeCLIs()
+  assert cli.main(args, runner=fake, log=quiet) == 0
+  assert [flag(c, 'tag') for c in fake.commands] == ['_synth_s4_r4'] and not fake.trained()
+  readme = (out / 'README.md').read_text()
+  assert '## Cost and quality of the synthesis settings' in readme
+  assert re.search(r'\| synth_s4_r4 \| 4 steps, guidance 0, each pair 4 steps \| [\d.]+x \| '
+                   r'[\d.]+x \| 1\.25x \|', readme)

@@ -54,9 +54,11 @@ def parse_args(argv):
   parser.add_argument('--vqgan', help='a trained itit.train_tokenizer workdir to reuse')
   parser.add_argument('--level', default='laptop', choices=sorted(plan.LEVELS),
                       help='the shapes world\'s level (default laptop; standard: the 32-px '
-                      'world of docs/results/)')
-  parser.add_argument('--quick', action='store_true', help=f'cells {plan.QUICK_CELLS}, 1 seed, '
-                      'small budget: a smoke run of the level')
+                      'world of docs/results/; cheap_cycles: the laptop level\'s cheap '
+                      'pseudo-pair synthesis against the paper\'s)')
+  parser.add_argument('--quick', action='store_true', help='the level\'s quick cells '
+                      f'({plan.QUICK_CELLS["laptop"]} at the laptop level), 1 seed, small '
+                      'budget: a smoke run of the level')
   parser.add_argument('--seeds', type=int, help='seeds per cell (default: the plan\'s)')
   parser.add_argument('--cells', help='comma list of cell names (default: all)')
   parser.add_argument('--dry_run', action='store_true', help='print the plan and commands')
@@ -70,7 +72,8 @@ def main(argv=None, runner=execute.run_command, log=print) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   budget = plan.BUDGETS[plan.budget_name(args.level, args.quick)]
   cells = design.make_cells(plan.CELLS[args.level])
-  names = args.cells.split(',') if args.cells else (plan.QUICK_CELLS if args.quick else None)
+  names = (args.cells.split(',') if args.cells
+           else (plan.QUICK_CELLS[args.level] if args.quick else None))
   try:
     runs = design.plan_runs(cells, names, args.seeds or (1 if args.quick else None))
   except ValueError as e:
@@ -98,6 +101,8 @@ def main(argv=None, runner=execute.run_command, log=print) -> int:
   fid_source = commands.inception_source() if budget['fid'] else None
   datasets = design.datasets([run.cell for run in runs], budget)
   steps = execute.setup_steps(paths, budget, datasets, fid_source, bool(args.vqgan))
+  steps += execute.step_time_steps([run.cell for run in runs], cells, paths, budget,
+                                   calls=2 if args.quick else 10)
   estimates = [commands.estimated_seconds(run, paths, budget, counts[run.name]) for run in runs]
   if args.dry_run:
     log(f'Plan: {len(runs)} runs, ~{duration(sum(estimates))} estimated for '
@@ -156,7 +161,7 @@ def main(argv=None, runner=execute.run_command, log=print) -> int:
     os.environ[cache_key] = os.path.join(work, 'jax_cache')
   try:
     for name, command, done in steps:
-      if not os.path.exists(done):
+      if not (done() if callable(done) else os.path.exists(done)):
         log(f'{name}: running (log: {paths.log(name)}), elapsed '
             f'{duration(time.time() - started)}', flush=True)
         runner(command, paths.log(name))

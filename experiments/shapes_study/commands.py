@@ -47,6 +47,9 @@ class Paths:
   def cell_json(self, run: design.Run) -> str:
     return os.path.join(self.out, 'cells', f'{run.name}.json')
 
+  def step_times(self, cell_name: str) -> str:
+    return os.path.join(self.out, 'step_times', f'{cell_name}.json')
+
   @property
   def inception(self) -> str:
     return os.path.join(self.work, 'inception_fid.npz')
@@ -90,6 +93,19 @@ def inception_source() -> str | None:
 def inception_command(paths: Paths, source: str) -> list[str]:
   return [sys.executable, '-m', 'tools.convert_inception', '--input', source,
           '--output', paths.inception]
+
+
+def step_time_command(cell: design.Cell, paths: Paths, budget, calls: int) -> list[str]:
+  """`benchmarks.benchmark` timing row 3 and the cell's row-14 step (its cycle.* overrides) at
+  the level's preset and per-stream batch, equal total examples (row 3 reads 3x the pairs);
+  the mean step over `calls` calls of cycle.reuse steps each goes to OUT/step_times/CELL.json."""
+  preset = f'configs/shapes.py:{budget["level"]}' if budget['level'] else 'configs/shapes.py'
+  from configs import shapes  # pylint: disable=g-import-not-at-top
+  batch = shapes.get_config(budget['level'] or None).batch.unpaired_text
+  return ([sys.executable, '-m', 'benchmarks.benchmark', f'--config={preset}', '--parts=step',
+           '--rows=3,14', f'--batch={batch}', f'--steps={calls}', f'--tag=_{cell.name}',
+           f'--out={paths.step_times(cell.name)}']
+          + flag_args({k: v for k, v in cell.overrides if k.startswith('cycle.')}))
 
 
 def train_config_arg(run: design.Run, budget) -> str:

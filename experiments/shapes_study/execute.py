@@ -51,6 +51,22 @@ def setup_steps(paths, budget, datasets, fid_source, reuse_vqgan: bool):
   return steps
 
 
+def step_time_steps(chosen_cells, cells, paths, budget, calls: int):
+  """(name, command, done) measuring the step time of each chosen row-14 cell against row 3
+  (`commands.step_time_command`), when the level has a cost reference (plan.COST_REFERENCE);
+  `done` is true once the cell's JSON holds the ratio (a benchmark cut short is re-run)."""
+  if not any(c.name == plan.COST_REFERENCE for c in cells):
+    return []
+  steps = []
+  for cell in dict.fromkeys(c for c in chosen_cells if c.row == 14):
+    path = paths.step_times(cell.name)
+    done = lambda path=path, key=f'itit_over_baseline_{cell.name}': (
+        os.path.isfile(path) and key in commands.read_json(path))
+    steps.append((f'step_time_{cell.name}',
+                  commands.step_time_command(cell, paths, budget, calls), done))
+  return steps
+
+
 def execute_run(run, paths, budget, fid: bool, runner=run_command) -> dict:
   """Trains (or resumes) and evaluates one run, copies its sample grids, writes its JSON."""
   workdir = paths.run(run)

@@ -108,3 +108,33 @@ def compose_figures(figures, target: str) -> str:
   figure.savefig(target, dpi=100)
   plt.close(figure)
   return target
+
+
+def cost_plot(cells, results, costs: dict, path: str, limit: float = 1.5) -> str:
+  """OUT/cost.png: exact captions and drawings (mean ± std over seeds) of each cell of `costs`
+  against its ITIT-B FLOP ratio over row 3; a dashed line at `limit` (the cost target)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  shown = [c for c in cells if results.get(c.name) and c.name in costs]
+  figure, axes = plt.subplots(1, len(tables.LEAD_METRICS), figsize=(12, 4.8), sharey=True)
+  for ax, (metric, label) in zip(np.atleast_1d(axes), tables.LEAD_METRICS):
+    for index, cell in enumerate(shown):
+      values = [100 * r['metrics'][metric] for r in results[cell.name] if metric in r['metrics']]
+      if not values:
+        continue
+      mean, std = tables.mean_std(values)
+      x = costs[cell.name]['itit_b']
+      ax.errorbar([x], [mean], yerr=[std], fmt='o', color=f'C{index % 10}', capsize=3,
+                  label=cell.name)
+      ax.annotate(cell.name, (x, mean), textcoords='offset points', xytext=(5, 4), fontsize=7)
+    ax.axvline(limit, color='grey', linestyle='--', linewidth=1)
+    ax.set_xlabel('row-14 step FLOPs / row-3 step FLOPs at ITIT-B (equal total batch)')
+    ax.set_ylim(0, 100)
+    ax.set_title(f'{label} of the test scenes')
+    ax.grid(alpha=0.3)
+  np.atleast_1d(axes)[0].legend(fontsize=7, loc='lower left')
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+  return path

@@ -17,6 +17,9 @@ from experiments.shapes_study import design
 LEVELS = {  # --level: (the budget of a study, the budget of --quick)
     'laptop': ('default', 'quick'),
     'standard': ('standard', 'standard_quick'),
+    # The laptop level's budget and data, other cells: cheap pseudo-pair synthesis against the
+    # paper's (CHEAP_CYCLE_CELLS); its own --out.
+    'cheap_cycles': ('default', 'quick'),
 }
 
 # The paired fraction of the laptop level's 480 training scenes (0.5: 240 pairs, 120 unpaired
@@ -166,8 +169,45 @@ STANDARD_CELLS = (
     ('row14_p30', 14, 1.0, False, 2, 'full cycles on the pairs of pairs_p30, the rest unpaired',
      (), 0.314),
 )
-CELLS = {'laptop': LAPTOP_CELLS, 'standard': STANDARD_CELLS}
-QUICK_CELLS = ('row3', 'row14', 'all_paired')  # --quick: these, one seed each
+
+
+def _synthesis(steps: int, guidance: float, reuse: int = 1):
+  """Overrides of a cheap-cycles cell: row 14 with the fixed captioner (at the laptop level the
+  paper's T2I2T breaks the captioner whatever the synthesis costs, docs/SHAPES.md), pseudo
+  images from `steps` parallel-decoding steps with guidance `guidance`, each pseudo pair
+  serving `reuse` steps."""
+  return FIXED_CAPTIONER + (('cycle.synthesis_steps', steps), ('cycle.guidance_scale', guidance),
+                            ('cycle.reuse', reuse))
+
+
+# Cheap cycles: what cheaper pseudo pairs cost in quality, against the paper's synthesis (24
+# guided steps, a fresh pair every step), at the laptop level's budget and data. Pseudo images
+# sample at the level's temperature 0.1 with argmax straight-through in every cell (the cost
+# does not depend on it). Each row-14 cell's step time is also measured against row 3 at equal
+# total batch (`commands.step_time_command`).
+CHEAP_CYCLE_CELLS = (
+    ('row3', 3, 0.0, False, 3, 'pairs only'),
+    ('all_paired', 3, 1.0, True, 3, 'upper bound: every training scene as a pair'),
+    ('synth_paper', 14, 1.0, False, 3,
+     "the paper's synthesis: 24 guided steps, a fresh pseudo pair every step",
+     _synthesis(24, 2.0)),
+    ('synth_paper_r4', 14, 1.0, False, 3, "the paper's synthesis, each pseudo pair for 4 steps",
+     _synthesis(24, 2.0, 4)),
+    ('synth_s4', 14, 1.0, False, 3, '4 unguided steps (the laptop preset)', _synthesis(4, 0.0)),
+    ('synth_s4_r2', 14, 1.0, False, 3, '4 unguided steps, each pseudo pair for 2 steps',
+     _synthesis(4, 0.0, 2)),
+    ('synth_s4_r4', 14, 1.0, False, 3, '4 unguided steps, each pseudo pair for 4 steps',
+     _synthesis(4, 0.0, 4)),
+    ('synth_s2', 14, 1.0, False, 3, '2 unguided steps', _synthesis(2, 0.0)),
+)
+# The cell every cheap setting is compared with: quality within its seeds' noise is the bar.
+COST_REFERENCE = 'synth_paper'
+
+CELLS = {'laptop': LAPTOP_CELLS, 'standard': STANDARD_CELLS, 'cheap_cycles': CHEAP_CYCLE_CELLS}
+# --quick: these cells, one seed each.
+QUICK_CELLS = {'laptop': ('row3', 'row14', 'all_paired'),
+               'standard': ('row3', 'row14', 'all_paired'),
+               'cheap_cycles': ('row3', 'synth_paper', 'synth_s4_r4')}
 
 # Cycle chains (the paper's figure 6) of rows 3 and 14: one-object prompts, valid at both
 # levels. At the standard level the last is a held-out combination (red triangles are in no

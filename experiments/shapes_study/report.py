@@ -29,6 +29,39 @@ def describe_machine(info: dict) -> str:
           f'{info.get("platform", "?")}; Python {info.get("python", "?")}')
 
 
+def cell_costs(cells, paths, level: str) -> dict:
+  """{cell: cost} for `tables.cost_table_markdown`: each row-14 cell's synthesis settings (the
+  level's preset with the cell's cycle.* overrides), its analytic FLOP ratio over row 3 at
+  ITIT-B (batch 32 a stream) and at this level (`benchmarks.cycle_flops`), and its measured
+  CPU step-time ratio (OUT/step_times/CELL.json, None until measured). {} unless the cells
+  hold plan.COST_REFERENCE."""
+  if not any(c.name == plan.COST_REFERENCE for c in cells):
+    return {}
+  from benchmarks import cycle_flops  # pylint: disable=g-import-not-at-top
+  from configs import shapes, vit_b  # pylint: disable=g-import-not-at-top
+  itit_b = vit_b.get_config()
+  costs = {}
+  for cell in cells:
+    if cell.row != 14:
+      continue
+    config = shapes.get_config(','.join(p for p in ('row14', level) if p))
+    design.set_fields(config, {k: v for k, v in cell.overrides if k.startswith('cycle.')},
+                      cell.name)
+    c = config.cycle
+    setting = dict(synthesis_steps=c.synthesis_steps, guidance_scale=c.guidance_scale,
+                   reuse=c.reuse)
+    path = paths.step_times(cell.name)
+    measured = (commands.read_json(path).get(f'itit_over_baseline_{cell.name}')
+                if os.path.isfile(path) else None)
+    costs[cell.name] = dict(
+        synthesis=(f'{c.synthesis_steps} steps, guidance {c.guidance_scale:g}'
+                   + (f', each pair {c.reuse} steps' if c.reuse > 1 else '')),
+        itit_b=cycle_flops.step_flops(itit_b, 32, setting)['ratio'],
+        level_flops=cycle_flops.step_flops(config, config.batch.unpaired_text, setting)['ratio'],
+        step_time=measured)
+  return costs
+
+
 def write_report(cells, paths) -> str:
   """table2.md, scaling.png and README.md in OUT from the kept results; returns README's path."""
   results = tables.load_results(paths.out)
@@ -69,6 +102,20 @@ def write_report(cells, paths) -> str:
       table += (f'\nEach cell minus {reference} on the same seed (same initial parameters and '
                 'pairs), in points: mean ± std over the seeds both have, and on how many of '
                 'them the cell is ahead.\n\n' + differences)
+  meta_path = os.path.join(paths.out, 'study.json')
+  meta = commands.read_json(meta_path) if os.path.isfile(meta_path) else {}
+  costs = cell_costs(cells, paths, meta.get('budget', {}).get('level', 'laptop'))
+  cost_table = tables.cost_table_markdown(cells, results, costs, plan.COST_REFERENCE)
+  if cost_table:
+    figures.cost_plot(cells, results, costs, os.path.join(paths.out, 'cost.png'))
+    table += ('\n## Cost and quality of the synthesis settings\n\nEach row-14 cell\'s step '
+              'against the pairs-only step (row 3 reading as many examples: 3x its per-stream '
+              'batch): analytic FLOPs at ITIT-B (configs/vit_b.py, 32 a stream) and at this '
+              'level, and the CPU step time measured here (benchmarks.benchmark, mean over '
+              'reuse cycles); then exact-scene accuracy, minus '
+              f'{plan.COST_REFERENCE} on the same seed (mean ± std, seeds ahead, paired '
+              't-test\'s p) and the gap to the bound closed.\n\n' + cost_table
+              + '\n![cost](cost.png)\n')
   swept = any(c.name in results for c in sweep_cells)
   if swept:
     table += ('\n## Paired-fraction sweep\n\nRow 14 with more of the scenes paired (the rest '
@@ -91,8 +138,6 @@ def write_report(cells, paths) -> str:
             + '\n![summary](summary.png)\n')
   if swept:
     figures.sweep_plot(cells, results, os.path.join(paths.out, 'paired_sweep.png'))
-  meta_path = os.path.join(paths.out, 'study.json')
-  meta = commands.read_json(meta_path) if os.path.isfile(meta_path) else {}
   runs = [r for runs in results.values() for r in runs]
   inside = paths.out.startswith(commands.REPO + os.sep)
   shown_out = os.path.relpath(paths.out, commands.REPO) + '/' if inside else paths.out

@@ -313,3 +313,36 @@ def headline(results, name: str = 'row14', reference: str = 'row3',
     return ''
   return (f'{name} closes ' + ' and '.join(parts) + f' between {reference} (pairs only) and '
           f'{bound} (every training scene paired), exact scenes, per seed.')
+
+
+def cost_table_markdown(cells, results, costs: dict, reference: str) -> str:
+  """Cost against quality: per cell of `costs` ({cell: {'synthesis': str, 'itit_b': FLOP
+  ratio, 'level_flops': FLOP ratio, 'step_time': measured ratio or None}}), its step's cost
+  over row 3's and its exact-scene accuracy, per seed minus `reference` (`format_difference`)
+  and the fraction of the row-3-to-bound gap closed. '' when no cell of `costs` has a run."""
+  header = ['cell', 'synthesis', 'FLOPs / row 3 (ITIT-B)', 'FLOPs / row 3 (this level)',
+            'CPU step time / row 3 (this level)']
+  for _, label in LEAD_METRICS:
+    header += [label, f'minus {reference}, same seed', 'gap closed']
+  lines = []
+  by_seed = {r['seed']: r['metrics'] for r in results.get(reference, [])}
+  for cell in cells:
+    runs, cost = results.get(cell.name, []), costs.get(cell.name)
+    if not runs or cost is None:
+      continue
+    step_time = cost.get('step_time')
+    row = [cell.name, cost['synthesis'], f'{cost["itit_b"]:.2f}x', f'{cost["level_flops"]:.2f}x',
+           '–' if step_time is None else f'{step_time:.2f}x']
+    for metric, _ in LEAD_METRICS:
+      row.append(format_cell([r['metrics'][metric] for r in runs if metric in r['metrics']],
+                             100.0))
+      diffs = [100.0 * (r['metrics'][metric] - by_seed[r['seed']][metric]) for r in runs
+               if r['seed'] in by_seed and metric in r['metrics']
+               and metric in by_seed[r['seed']]]
+      row.append(format_difference(diffs) if diffs and cell.name != reference else '–')
+      gaps = gap_closed(results, cell.name, metric)
+      row.append(format_cell(gaps, 100.0) + ' %' if gaps else '–')
+    lines.append('| ' + ' | '.join(row) + ' |')
+  if not lines:
+    return ''
+  return '\n'.join(['| ' + ' | '.join(header) + ' |', '|---|---|' + '---:|' * 9] + lines) + '\n'
