@@ -314,6 +314,7 @@ def bench_input(config, args, results, rng):
 
 def save(args, results):
   """Writes the results so far: a part killed by its timeout keeps what it finished."""
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out + '.tmp', 'w') as f:
     json.dump(results, f, indent=1)
   os.replace(args.out + '.tmp', args.out)
