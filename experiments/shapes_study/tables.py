@@ -267,6 +267,21 @@ def gap_closed(results, name: str, metric: str, reference: str = 'row3',
           if s in low and s in high and high[s] != low[s]]
 
 
+def _exact_columns(name: str, results, metric: str, reference: str, gap_shown: bool = True,
+                   bound: str = 'all_paired') -> list[str]:
+  """A cell's three columns for `metric`: mean ± std (%), the per-seed difference against
+  `reference` (`format_difference`, '–' for the reference itself) and the gap closed between
+  row3 and `bound` (`gap_closed`, in %)."""
+  runs = results.get(name, [])
+  by_seed = {r['seed']: r['metrics'] for r in results.get(reference, [])}
+  diffs = [100.0 * (r['metrics'][metric] - by_seed[r['seed']][metric]) for r in runs
+           if r['seed'] in by_seed and metric in r['metrics'] and metric in by_seed[r['seed']]]
+  gaps = gap_closed(results, name, metric, bound=bound) if gap_shown else []
+  return [format_cell([r['metrics'][metric] for r in runs if metric in r['metrics']], 100.0),
+          format_difference(diffs) if diffs and name != reference else '–',
+          format_cell(gaps, 100.0) + ' %' if gaps else '–']
+
+
 def lead_markdown(cells, results, reference: str = 'row3', bound: str = 'all_paired') -> str:
   """The study in one table: per cell and direction, exact-scene accuracy (mean ± std), the
   per-seed difference against `reference` (`format_difference`) and the fraction of the
@@ -279,18 +294,10 @@ def lead_markdown(cells, results, reference: str = 'row3', bound: str = 'all_pai
     runs = results.get(cell.name, [])
     if not runs:
       continue
-    by_seed = {r['seed']: r['metrics'] for r in results.get(reference, [])}
     row = [cell.name, cell.what, str(len(runs))]
     for metric, _ in LEAD_METRICS:
-      row.append(format_cell([r['metrics'][metric] for r in runs if metric in r['metrics']],
-                             100.0))
-      diffs = [100.0 * (r['metrics'][metric] - by_seed[r['seed']][metric]) for r in runs
-               if r['seed'] in by_seed and metric in r['metrics']
-               and metric in by_seed[r['seed']]]
-      row.append(format_difference(diffs) if diffs and cell.name != reference else '–')
-      gaps = gap_closed(results, cell.name, metric, reference, bound)
-      row.append(format_cell(gaps, 100.0) + ' %'
-                 if gaps and cell.name not in (reference, bound) else '–')
+      row += _exact_columns(cell.name, results, metric, reference,
+                            gap_shown=cell.name not in (reference, bound), bound=bound)
     lines.append('| ' + ' | '.join(row) + ' |')
   if not lines:
     return ''
@@ -325,7 +332,6 @@ def cost_table_markdown(cells, results, costs: dict, reference: str) -> str:
   for _, label in LEAD_METRICS:
     header += [label, f'minus {reference}, same seed', 'gap closed']
   lines = []
-  by_seed = {r['seed']: r['metrics'] for r in results.get(reference, [])}
   for cell in cells:
     runs, cost = results.get(cell.name, []), costs.get(cell.name)
     if not runs or cost is None:
@@ -334,14 +340,7 @@ def cost_table_markdown(cells, results, costs: dict, reference: str) -> str:
     row = [cell.name, cost['synthesis'], f'{cost["itit_b"]:.2f}x', f'{cost["level_flops"]:.2f}x',
            '–' if step_time is None else f'{step_time:.2f}x']
     for metric, _ in LEAD_METRICS:
-      row.append(format_cell([r['metrics'][metric] for r in runs if metric in r['metrics']],
-                             100.0))
-      diffs = [100.0 * (r['metrics'][metric] - by_seed[r['seed']][metric]) for r in runs
-               if r['seed'] in by_seed and metric in r['metrics']
-               and metric in by_seed[r['seed']]]
-      row.append(format_difference(diffs) if diffs and cell.name != reference else '–')
-      gaps = gap_closed(results, cell.name, metric)
-      row.append(format_cell(gaps, 100.0) + ' %' if gaps else '–')
+      row += _exact_columns(cell.name, results, metric, reference)
     lines.append('| ' + ' | '.join(row) + ' |')
   if not lines:
     return ''
