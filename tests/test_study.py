@@ -851,3 +851,6 @@ def test_cheap_cycles_times_each_setting_once_and_reports_it(tmp_path):
   assert '## Cost and quality of the synthesis settings' in readme
   assert re.search(r'\| synth_s4_r4 \| 4 steps, guidance 0, each pair 4 steps \| [\d.]+x \| '
                    r'[\d.]+x \| 1\.25x \|', readme)
+  assert '[cost.png](cost.png)' in readme and '[summary.png](summary.png)' in readme
+  # No figure-5 cells at this level: no scaling curve.
+  assert 'scaling' not in readme and not (out / 'scaling.png').exists()

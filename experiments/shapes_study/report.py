@@ -123,7 +123,11 @@ def write_report(cells, paths) -> str:
               + tables.table_markdown(sweep_cells, results))
   with open(os.path.join(paths.out, 'table2.md'), 'w') as f:
     f.write(table)
-  figures.scaling_plot(cells, results, os.path.join(paths.out, 'scaling.png'))
+  warmup = next((design.warmup_step(c) for c in cells if design.warmup_step(c)), None)
+  # The scaling curve exists where the plan has figure-5 cells (not the cheap-cycles level).
+  scaling = warmup is not None or any(c.name in results for c in scaling_cells)
+  if scaling:
+    figures.scaling_plot(cells, results, os.path.join(paths.out, 'scaling.png'))
   lead = tables.lead_markdown(table_cells, results)
   if lead:
     figures.summary_plot(table_cells, results, os.path.join(paths.out, 'summary.png'))
@@ -145,7 +149,6 @@ def write_report(cells, paths) -> str:
   level = meta.get('level', 'standard' if meta else 'laptop')
   flags = (f'{" --level " + level if level != "laptop" else ""}'
            f'{" --quick" if meta.get("mode") == "quick" else ""}')
-  warmup = next((design.warmup_step(c) for c in cells if design.warmup_step(c)), None)
   lines = ['# The shapes-world study', ''] + ([lead] if lead else []) + [
            'Command (the whole plan; re-running it resumes): '
            f'`{shlex.join(commands.STUDY_COMMAND)} --out {shown_out}{flags}`', '',
@@ -160,10 +163,16 @@ def write_report(cells, paths) -> str:
            f'Status: {len(runs)} of the plan\'s {sum(c.seeds for c in cells)} runs are finished'
            + ('.' if len(runs) >= sum(c.seeds for c in cells) else
               '; re-running the command continues the study where it stopped.'), '',
-           '- [table2.md](table2.md): the table',
-           ('- [scaling.png](scaling.png): the scaling curve (ITIT: cycles from step '
-            f'{warmup}, the row-14 point beside it)'),
-           '- [cells/](cells/): every run\'s metrics, command and time']
+           '- [table2.md](table2.md): the table']
+  if lead:
+    lines.append('- [summary.png](summary.png): the lead plot')
+  if scaling:
+    lines.append('- [scaling.png](scaling.png): the scaling curve (ITIT: cycles from step '
+                 f'{warmup}, the row-14 point beside it)')
+  if cost_table:
+    lines.append('- [cost.png](cost.png): quality against the step\'s cost per synthesis '
+                 'setting')
+  lines.append('- [cells/](cells/): every run\'s metrics, command and time')
   if swept:
     lines.append('- [paired_sweep.png](paired_sweep.png): rows 3 and 14 as the paired '
                  'fraction grows')
@@ -171,7 +180,7 @@ def write_report(cells, paths) -> str:
     lines.append('- [cycle_chain.png](cycle_chain.png): T→I→T→I chains, row 3 vs row 14')
   if os.path.isfile(os.path.join(paths.out, 'ANALYSIS.md')):  # written by hand, kept
     lines.append('- [ANALYSIS.md](ANALYSIS.md): what the results say, and the diagnostics')
-  lines += ['', table.split('\n', 2)[2], '![scaling](scaling.png)', '']
+  lines += ['', table.split('\n', 2)[2]] + (['![scaling](scaling.png)'] if scaling else []) + ['']
   if swept:
     lines += ['![paired-fraction sweep](paired_sweep.png)', '']
   if os.path.isfile(os.path.join(paths.out, 'cycle_chain.png')):
