@@ -544,6 +544,11 @@ def test_report_table_and_scaling_plot(tmp_path):
   assert '[ANALYSIS.md](ANALYSIS.md)' in open(report.write_report(cells, paths)).read()
 
 
+def readme_text(path):
+  with open(path) as f:
+    return f.read()
+
+
 def test_report_shows_the_novel_looks_of_the_compositional_cells(tmp_path):
   out = tmp_path / 'out'
   for seed in (1, 2, 3):
@@ -573,6 +578,14 @@ def test_report_shows_the_novel_looks_of_the_compositional_cells(tmp_path):
   assert rows['row14_comp'][column['data']] == '24 pairs + 456 unpaired'
   # Per seed against row3_comp, on the novel looks: +20 and +20 points of caption exact.
   assert '| row14_comp | 1,2 | +20.0 ± 0.0 (2/2, p < 0.001) | -5.0 ± 0.0 (0/2, p < 0.001) | – | – |' in differences
+  # The README's lead shows the novel looks beside the seen scenes' table.
+  lead = readme_text(readme).split('## The study in one table')[1].split('Command (the whole')[0]
+  novel = {line.split(' | ')[0][2:]: line.strip(' |').split(' | ')
+           for line in lead.split('a look no pair shows')[1].splitlines()
+           if line.startswith('| row')}
+  assert novel['row3_comp'][2:] == ['3', '20.0 ± 10.0', '–', '10.0 ± 0.0', '–']
+  assert novel['row14_comp'][2:] == ['2', '35.0 ± 7.1', '+20.0 ± 0.0 (2/2, p < 0.001)',
+                                     '5.0 ± 0.0', '-5.0 ± 0.0 (0/2, p < 0.001)']
   results = tables.load_results(str(out))
   # Compositional cells are on neither curve.
   itit, pairs, _ = tables.scaling_series(cells, results, 'shapes/i2t_exact').values()
@@ -747,8 +760,8 @@ def test_report_leads_with_one_table_one_plot_and_the_gap_closed(tmp_path):
                           '–', '–']
   p_captions = tables.paired_t_pvalue([20.0, 20.0, -10.0])
   assert rows['row14'][2:6] == ['3', '60.0 ± 26.5', f'+10.0 ± 17.3 (2/3, p {p_captions:.2g})',
-                                '32.2 ± 46.0 %']
-  assert rows['row14'][6:] == ['65.0 ± 7.1', '+40.0 ± 0.0 (2/2, p < 0.001)', '53.6 ± 5.1 %']
+                                '32.2 ± 46.0 % (3)']
+  assert rows['row14'][6:] == ['65.0 ± 7.1', '+40.0 ± 0.0 (2/2, p < 0.001)', '53.6 ± 5.1 % (2)']
   assert rows['all_paired'][3:6] == ['90.0 ± 0.0', '+40.0 ± 10.0 (3/3, p 0.02)', '–']
   assert ('- row14 closes 32 ± 46 % of the caption gap (3 seeds) and 54 ± 5 % of the drawing '
           'gap (2 seeds)') in lead
@@ -827,7 +840,7 @@ def test_cheap_cycles_report_puts_cost_beside_quality(tmp_path):
   assert costs['synth_paper']['itit_b'] > 2 * costs['synth_s4_r4']['itit_b']
   # Against the paper's synthesis: captions 0, -25, +25 points (p 1), gap closed 62.5%, 0%,
   # 125%; drawings -10 on all three seeds.
-  assert rows['synth_s4_r4'][5:8] == ['75.0 ± 25.0', '+0.0 ± 25.0 (1/3, p 1)', '62.5 ± 62.5 %']
+  assert rows['synth_s4_r4'][5:8] == ['75.0 ± 25.0', '+0.0 ± 25.0 (1/3, p 1)', '62.5 ± 62.5 % (3)']
   assert rows['synth_s4_r4'][8:10] == ['50.0 ± 0.0', '-10.0 ± 0.0 (0/3, p < 0.001)']
   assert rows['synth_paper'][6] == '–'
   assert (out / 'cost.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

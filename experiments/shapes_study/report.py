@@ -140,6 +140,14 @@ def write_report(cells, paths) -> str:
             'scene paired, below 0 worse than the pairs alone.\n\n' + lead + '\n'
             + ''.join(f'- {h}\n' for h in headlines if h)
             + '\n![summary](summary.png)\n')
+    reference = next((c.name for c in compositional if c.row == 3 and c.extra == 0), None)
+    novel = reference and tables.lead_markdown(compositional, results, reference, None,
+                                               tables.NOVEL_LEAD_METRICS)
+    if novel:
+      lead += ('\nThe compositional split (the pairs show half of the colour x shape looks, the '
+               'unpaired data all of them): the test scenes with a look no pair shows, where '
+               f'only the unpaired data can teach it; minus {reference} on the same seed.\n\n'
+               + novel)
   if swept:
     figures.sweep_plot(cells, results, os.path.join(paths.out, 'paired_sweep.png'))
   runs = [r for runs in results.values() for r in runs]

@@ -271,7 +271,7 @@ def _exact_columns(name: str, results, metric: str, reference: str, gap_shown: b
                    bound: str = 'all_paired') -> list[str]:
   """A cell's three columns for `metric`: mean ± std (%), the per-seed difference against
   `reference` (`format_difference`, '–' for the reference itself) and the gap closed between
-  row3 and `bound` (`gap_closed`, in %)."""
+  row3 and `bound` (`gap_closed`, in %, with the number of seeds all three have)."""
   runs = results.get(name, [])
   by_seed = {r['seed']: r['metrics'] for r in results.get(reference, [])}
   diffs = [100.0 * (r['metrics'][metric] - by_seed[r['seed']][metric]) for r in runs
@@ -279,30 +279,40 @@ def _exact_columns(name: str, results, metric: str, reference: str, gap_shown: b
   gaps = gap_closed(results, name, metric, bound=bound) if gap_shown else []
   return [format_cell([r['metrics'][metric] for r in runs if metric in r['metrics']], 100.0),
           format_difference(diffs) if diffs and name != reference else '–',
-          format_cell(gaps, 100.0) + ' %' if gaps else '–']
+          f'{format_cell(gaps, 100.0)} % ({len(gaps)})' if gaps else '–']
 
 
-def lead_markdown(cells, results, reference: str = 'row3', bound: str = 'all_paired') -> str:
+def lead_markdown(cells, results, reference: str = 'row3', bound: str | None = 'all_paired',
+                  metrics=None) -> str:
   """The study in one table: per cell and direction, exact-scene accuracy (mean ± std), the
-  per-seed difference against `reference` (`format_difference`) and the fraction of the
-  reference-to-bound gap closed (mean ± std over seeds, in %). '' when no cell has a run."""
+  per-seed difference against `reference` (`format_difference`) and, with a `bound`, the
+  fraction of the row-3-to-bound gap closed (mean ± std over seeds, in %). `metrics`: (metric,
+  label) pairs, default LEAD_METRICS. '' when no cell has a run."""
+  metrics = metrics or LEAD_METRICS
+  per_metric = 3 if bound else 2
   header = ['cell', 'what', 'seeds']
-  for _, label in LEAD_METRICS:
-    header += [label, f'minus {reference}, same seed', 'gap closed']
+  for _, label in metrics:
+    header += [label, f'minus {reference}, same seed'] + (['gap closed'] if bound else [])
   lines = []
   for cell in cells:
     runs = results.get(cell.name, [])
     if not runs:
       continue
     row = [cell.name, cell.what, str(len(runs))]
-    for metric, _ in LEAD_METRICS:
+    for metric, _ in metrics:
       row += _exact_columns(cell.name, results, metric, reference,
-                            gap_shown=cell.name not in (reference, bound), bound=bound)
+                            gap_shown=bool(bound) and cell.name not in (reference, bound),
+                            bound=bound)[:per_metric]
     lines.append('| ' + ' | '.join(row) + ' |')
   if not lines:
     return ''
-  return '\n'.join(['| ' + ' | '.join(header) + ' |', '|---|---|---:|' + '---:|' * 6]
-                   + lines) + '\n'
+  return '\n'.join(['| ' + ' | '.join(header) + ' |',
+                    '|---|---|---:|' + '---:|' * (per_metric * len(metrics))] + lines) + '\n'
+
+
+# The compositional cells' lead: the test scenes with a look no pair shows.
+NOVEL_LEAD_METRICS = (('shapes_novel_test/i2t_exact', 'novel-look captions exact %'),
+                      ('shapes_novel_test/t2i_exact', 'novel-look drawings exact %'))
 
 
 def headline(results, name: str = 'row14', reference: str = 'row3',
