@@ -135,7 +135,7 @@ def test_laptop_plan_has_the_issue_cells():
   assert (cells['row14_critic'].row, cells['row14_critic'].overrides) == (
       14, (('cycle.t2i2t_trains_captioner', False),))
   runs = design.plan_runs(list(cells.values()))
-  assert len(runs) == 2 * 5 + 14 * 3
+  assert len(runs) == 2 * 5 + 16 * 3
   assert [r.name for r in runs[-4:]] == ['row3-seed4', 'row14-seed4', 'row3-seed5',
                                          'row14-seed5']
   quick = design.plan_runs(list(cells.values()), plan.QUICK_CELLS['laptop'], 1)
@@ -298,7 +298,7 @@ def test_laptop_dry_run_names_the_laptop_presets(tmp_path):
   out = tmp_path / 'out'
   lines = dry_run(['--out', str(out)])
   text = '\n'.join(lines)
-  assert re.search(r'Plan: 52 runs, ~\d+h\d\dm estimated', text)
+  assert re.search(r'Plan: 58 runs, ~\d+h\d\dm estimated', text)
   assert "Level: laptop (budget 'default'); data: {'num_train': 480, " in text
   fraction = plan.LAPTOP_PAIRED_FRACTION
   assert text.count('-m itit.train_tokenizer --config=configs/vqgan_shapes.py:laptop ') == 1
@@ -309,7 +309,7 @@ def test_laptop_dry_run_names_the_laptop_presets(tmp_path):
   assert f'--out_dir={out}/work/data_compositional ' in comp_prepare
   assert f'--config.text_tokenizer={out}/work/data_mixed/spiece.model' in comp_prepare
   trains = [line for line in lines if '-m itit.train ' in line]
-  assert len(trains) == 52
+  assert len(trains) == 58
   assert all(re.search(r' --config=configs/shapes\.py:row\d+,laptop ', line) for line in trains)
   # The preset sets steps, lr and batches; the budget adds only the evaluation it needs.
   assert not any(f'--config.{field}' in line for line in trains
@@ -519,7 +519,7 @@ def test_report_table_and_scaling_plot(tmp_path):
   results = tables.load_results(str(out))
   series = tables.scaling_series(cells, results, 'shapes/i2t_exact')
   assert list(series) == list(tables.SCALING_SERIES)
-  itit, pairs, from_step0 = series.values()
+  itit, pairs, from_step0, fixed_captioner = series.values()
   # ITIT's curve is the warm-up recipe (itit_u10, row14_warmup); row 14 from step 0 and the
   # sweep's row14_p10 are not on it.
   assert [(x, round(m, 6)) for x, m, _ in itit] == [(0, 60.0), (1960, 60.0), (19600, 99.0)]
@@ -588,12 +588,14 @@ def test_report_shows_the_novel_looks_of_the_compositional_cells(tmp_path):
                                      '5.0 ± 0.0', '-5.0 ± 0.0 (0/2, p < 0.001)']
   results = tables.load_results(str(out))
   # Compositional cells are on neither curve.
-  itit, pairs, _ = tables.scaling_series(cells, results, 'shapes/i2t_exact').values()
+  itit, pairs, _, fixed_captioner = tables.scaling_series(
+      cells, results, 'shapes/i2t_exact').values()
+  assert fixed_captioner == []  # no fixed-captioner cell has run: no curve
   assert [x for x, _, _ in itit] == [x for x, _, _ in pairs] == [0]
   row3_curve, _ = tables.sweep_series(cells, results, 'shapes/i2t_exact').values()
   assert [(x, round(m, 6)) for x, m, _ in row3_curve] == [(24, 50.0)]
   text = open(readme).read()
-  assert 'Status: 8 of the plan\'s 52 runs are finished' in text
+  assert 'Status: 8 of the plan\'s 58 runs are finished' in text
   assert f'--out {out}`' in text  # the laptop level needs no flag
   half = shapes_config.get_config('laptop').total_steps // 2
   assert f'(ITIT: cycles from step {half}, ' in text
@@ -867,3 +869,19 @@ def test_cheap_cycles_times_each_setting_once_and_reports_it(tmp_path):
   assert '[cost.png](cost.png)' in readme and '[summary.png](summary.png)' in readme
   # No figure-5 cells at this level: no scaling curve.
   assert 'scaling' not in readme and not (out / 'scaling.png').exists()
+
+
+def test_fixed_captioner_scaling_curve_runs_from_pairs_only_to_row14_critic():
+  cells = {c.name: c for c in laptop_cells()}
+  assert [(cells[n].extra, cells[n].overrides) for n in ('critic_u10', 'critic_u30')] == [
+      (0.1, plan.FIXED_CAPTIONER), (0.3, plan.FIXED_CAPTIONER)]
+  run = lambda seed, value, extra: {'seed': seed, 'extra_scenes': extra,
+                                    'metrics': {'shapes/i2t_exact': value}}
+  results = {'row3': [run(1, 0.6, 0), run(2, 0.7, 0)], 'critic_u10': [run(1, 0.65, 12)],
+             'row14_critic': [run(1, 0.8, 120), run(2, 0.9, 120)],
+             'row14_warmup': [run(1, 0.5, 120)], 'row14': [run(1, 0.4, 120)]}
+  itit, pairs, from_step0, fixed = tables.scaling_series(list(cells.values()), results,
+                                                         'shapes/i2t_exact').values()
+  assert [(x, round(m, 6)) for x, m, _ in fixed] == [(0, 65.0), (12, 65.0), (120, 85.0)]
+  assert [(x, round(m, 6)) for x, m, _ in itit] == [(0, 65.0), (120, 50.0)]
+  assert [x for x, _, _ in pairs] == [0] and [(x, m) for x, m, _ in from_step0] == [(120, 40.0)]

@@ -72,7 +72,7 @@ def accuracy_plot(series_fn, cells, results, path: str, xlabel: str, log_x: bool
   for ax, (metric, title) in zip(axes, panels):
     for split, style in (('shapes', '-'), ('shapes_heldout_test', ':')):
       series = series_fn(cells, results, f'{split}/{metric}')
-      for (name, points), color in zip(series.items(), ('C0', 'C1', 'C2')):
+      for (name, points), color in zip(series.items(), ('C0', 'C1', 'C2', 'C3')):
         if points:
           x, mean, std = (np.asarray(v) for v in zip(*points))
           label = f'{name}, {"seen" if split == "shapes" else "held-out"} scenes'

@@ -126,6 +126,11 @@ LAPTOP_CELLS = (
      f'ITIT (cycles from step {_laptop_step}) with 30% of the unpaired scenes', LAPTOP_WARMUP),
     ('pairs_p10', 3, 0.1, True, 3, 'the scenes of itit_u10 as pairs'),
     ('pairs_p30', 3, 0.3, True, 3, 'the scenes of itit_u30 as pairs'),
+    # The same curve for the recipe that keeps the captioner (row14_critic is its 100% point).
+    ('critic_u10', 14, 0.1, False, 3, 'row14_critic with 10% of the unpaired scenes',
+     FIXED_CAPTIONER),
+    ('critic_u30', 14, 0.3, False, 3, 'row14_critic with 30% of the unpaired scenes',
+     FIXED_CAPTIONER),
     # Compositional data: the pairs show half of the colour x shape looks, the unpaired images
     # and texts all of them; evaluated on 'novel_test' too (test scenes with a look no pair
     # shows), where only the unpaired data can have taught the model the look.

@@ -190,18 +190,21 @@ def seed_differences_markdown(cells, results, reference: str = 'row3',
 
 SCALING_SERIES = ('ITIT with a cycle warm-up (extra scenes unpaired)',
                   'baseline (extra scenes as pairs)',
-                  'ITIT, cycles from step 0 (row 14)')
+                  'ITIT, cycles from step 0 (row 14)',
+                  "ITIT with T2I2T's captioner fixed (extra scenes unpaired)")
 
 
 def scaling_series(cells, results, metric: str) -> dict[str, list[tuple[int, float, float]]]:
   """{series: [(extra scenes, mean, std)]} of SCALING_SERIES, by x.
 
-  The first two curves start at the pairs-only cell (row 3, no extra data); ITIT's points are
-  the row-14 cells trained with a design.cycle_warmup, the baseline's the as-pairs cells;
-  row-14 cells without overrides form the third series. Other variants, sweep cells and
-  compositional cells (other data) are not on the curve.
+  The warm-up, baseline and fixed-captioner curves start at the pairs-only cell (row 3, no
+  extra data); ITIT's points are the row-14 cells trained with a design.cycle_warmup, the
+  baseline's the as-pairs cells, the fixed-captioner curve's the row-14 cells whose only
+  override is cycle.t2i2t_trains_captioner=False; row-14 cells without overrides form the
+  third series. Other variants, sweep cells and compositional cells (other data) are not on
+  the curve.
   """
-  itit, pairs, from_step0 = SCALING_SERIES
+  itit, pairs, from_step0, fixed_captioner = SCALING_SERIES
   series = {name: [] for name in SCALING_SERIES}
   for cell in cells:
     runs = [r for r in results.get(cell.name, []) if metric in r['metrics']]
@@ -209,17 +212,22 @@ def scaling_series(cells, results, metric: str) -> dict[str, list[tuple[int, flo
       continue
     point = (runs[0]['extra_scenes'], *mean_std([r['metrics'][metric] * 100 for r in runs]))
     if cell.row == 3 and cell.extra == 0 and not cell.overrides:
-      targets = [itit, pairs]
+      targets = [itit, pairs, fixed_captioner]
     elif cell.row == 14 and not cell.as_pairs and design.warmup_step(cell):
       targets = [itit]
     elif cell.row == 14 and not cell.as_pairs and not cell.overrides:
       targets = [from_step0]
+    elif (cell.row == 14 and not cell.as_pairs
+          and dict(cell.overrides) == {'cycle.t2i2t_trains_captioner': False}):
+      targets = [fixed_captioner]
     elif cell.row == 3 and cell.as_pairs and not cell.overrides:
       targets = [pairs]
     else:
       continue
     for target in targets:
       series[target].append(point)
+  if len(series[fixed_captioner]) == 1:  # the pairs-only point alone: no such cell has run
+    series[fixed_captioner] = []
   return {name: sorted(points) for name, points in series.items()}
 
 
