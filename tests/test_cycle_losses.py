@@ -394,3 +394,17 @@ def test_run_summary_states_the_reuse():
       't2i2t': {'text_ids': (4, 8), 'pseudo_image': (4, 16)}}
   summary = loop.run_summary(config, names, counts, {'data': 1})
   assert 'cycles from step 0; each pseudo pair serves 3 steps' in summary
+
+
+def test_reuse_without_a_cycle_loss_keeps_no_pairs():
+  # Row 3 with cycle.reuse set (e.g. a sweep's shared override): nothing to keep, no error.
+  config = tiny.get_config('row3')
+  config.cycle.reuse = 2
+  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
+  state = state_lib.init_train_state(config, tx, state_lib.seed_key_data(config))
+  assert state.pseudo_pairs is None and registry.make_cycle_parts(config, None) == {}
+  loss = lambda params, batch, rng: (jax.tree.leaves(params)[0].sum() * 0.0, {})
+  new_state, _ = step_lib.train_step(
+      state, {'paired': {}}, loss_fns={'t2i': ('paired', loss)}, tx=tx, schedule=schedule,
+      nan_policy='halt', cycle_parts={}, reuse=2)
+  assert new_state.pseudo_pairs is None and int(new_state.step) == 1

@@ -96,10 +96,11 @@ def check_resume_prng_impl(saved_config: dict, config, workdir: str) -> None:
 
 
 def check_resume_reuse(saved_config: dict, config, workdir: str) -> None:
-  """Pseudo pairs are kept in the state only with cycle.reuse > 1: a run resumes on the same
-  side of 1 (runs from before cycle.reuse existed used 1)."""
+  """Pseudo pairs are kept in the state only with cycle.reuse > 1 and a cycle loss: such a run
+  resumes on the same side of 1 (runs from before cycle.reuse existed used 1)."""
   saved = saved_config.get('cycle', {}).get('reuse', 1)
-  if (saved > 1) != (config.cycle.reuse > 1):
+  cycles = any(registry.LOSSES[name].cycle for name in registry.enabled_losses(config))
+  if cycles and (saved > 1) != (config.cycle.reuse > 1):
     raise errors.UserError(
         f'{workdir} was trained with cycle.reuse={saved} and this config asks for '
         f'{config.cycle.reuse}: its checkpoints {"hold" if saved > 1 else "lack"} the kept pseudo '

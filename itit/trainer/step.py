@@ -75,10 +75,10 @@ def train_step(state: TrainState, batch: Mapping[str, Any], frozen=None, *, loss
   """
   rng, step_rng = jax.random.split(state.rng)
   pairs = state.pseudo_pairs
-  if reuse > 1:
-    if cycle_parts is None or sorted(cycle_parts) != sorted(state.pseudo_pairs or {}):
+  if reuse > 1 and pairs is not None:  # None: no cycle loss is enabled, nothing to reuse
+    if cycle_parts is None or sorted(cycle_parts) != sorted(pairs):
       raise ValueError(f'reuse={reuse} needs cycle_parts for the cycles state.pseudo_pairs '
-                       f'holds ({sorted(state.pseudo_pairs or {})})')
+                       f'holds ({sorted(pairs)})')
     pairs = pseudo_pairs_for_step(state, batch, step_rng, frozen, cycle_parts=cycle_parts,
                                   reuse=reuse, cycle_start_step=cycle_start_step)
 
@@ -88,7 +88,7 @@ def train_step(state: TrainState, batch: Mapping[str, Any], frozen=None, *, loss
     for name, (stream, fn) in sorted(loss_fns.items()):
       compute = functools.partial(fn, batch=loss_inputs(batch, name, stream, paired_split),
                                   rng=loss_rng(step_rng, name))
-      if reuse > 1 and name in pairs:
+      if pairs is not None and name in pairs:
         compute = functools.partial(cycle_parts[name][1], pair=pairs[name],
                                     rng=loss_rng(step_rng, name))
       if cycle_start_step > 0 and registry.LOSSES[name].cycle:
