@@ -7,6 +7,19 @@ import numpy as np
 from experiments.shapes_study import tables
 
 
+def _pyplot():
+  """matplotlib's pyplot on the file-only Agg backend, imported when a figure is drawn."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  return pyplot
+
+
+def _percent(results, name: str, metric: str) -> list[float]:
+  """The cell's `metric` in percent, one value per seed that has it."""
+  return [100 * r['metrics'][metric] for r in results.get(name, []) if metric in r['metrics']]
+
+
 def scaling_plot(cells, results, path: str) -> str:
   """OUT/scaling.png: caption and T2I accuracy against the extra scenes."""
   return accuracy_plot(tables.scaling_series, cells, results, path,
@@ -24,22 +37,19 @@ def summary_plot(cells, results, path: str, reference: str = 'row3',
                  bound: str = 'all_paired') -> str:
   """OUT/summary.png, the lead plot: per cell, exact captions and exact drawings as bars (mean
   over seeds) with every seed as a dot; dashed lines at the reference's and the bound's means."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   shown = [c for c in cells if results.get(c.name)]
   figure, axes = plt.subplots(1, len(tables.LEAD_METRICS), figsize=(13, 4.8), sharey=True)
   for ax, (metric, label) in zip(np.atleast_1d(axes), tables.LEAD_METRICS):
     for x, cell in enumerate(shown):
-      values = [100 * r['metrics'][metric] for r in results[cell.name] if metric in r['metrics']]
+      values = _percent(results, cell.name, metric)
       if not values:
         continue
       color = {reference: 'grey', bound: 'C2'}.get(cell.name, 'C0')
       ax.bar(x, np.mean(values), color=color, alpha=0.45)
       ax.plot(np.full(len(values), x), values, 'o', color=color, markersize=4)
     for name, color in ((reference, 'grey'), (bound, 'C2')):
-      values = [100 * r['metrics'][metric] for r in results.get(name, [])
-                if metric in r['metrics']]
+      values = _percent(results, name, metric)
       if values:
         ax.axhline(np.mean(values), color=color, linestyle='--', linewidth=1,
                    label=f'{name} mean')
@@ -58,9 +68,7 @@ def accuracy_plot(series_fn, cells, results, path: str, xlabel: str, log_x: bool
   """Caption and T2I accuracy of `series_fn`'s curves: exact scenes (top) and graded figures
   (below: teacher-forced caption tokens, T2I and caption colour, CIDEr), which still move at
   budgets where exact scenes are rare; seen scenes solid, held-out dotted."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   panels = (('i2t_exact', 'captioning: exact-scene accuracy %'),
             ('t2i_exact', 'T2I: exact-scene accuracy %'),
             ('i2t_tf_valid_accuracy', 'captioning: teacher-forced valid-token accuracy %'),
@@ -91,9 +99,7 @@ def accuracy_plot(series_fn, cells, results, path: str, xlabel: str, log_x: bool
 
 def compose_figures(figures, target: str) -> str:
   """Stacks [(title, png path)] into one PNG at the images' own resolution."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   images = [plt.imread(path) for _, path in figures]
   # Inches at 100 dpi (pixels 1:1), at least 6 so the titles fit above narrow chains.
   width = max(6.0, max(image.shape[1] for image in images) / 100)
@@ -113,14 +119,12 @@ def compose_figures(figures, target: str) -> str:
 def cost_plot(cells, results, costs: dict, path: str, limit: float = 1.5) -> str:
   """OUT/cost.png: exact captions and drawings (mean ± std over seeds) of each cell of `costs`
   against its ITIT-B FLOP ratio over row 3; a dashed line at `limit` (the cost target)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   shown = [c for c in cells if results.get(c.name) and c.name in costs]
   figure, axes = plt.subplots(1, len(tables.LEAD_METRICS), figsize=(12, 4.8), sharey=True)
   for ax, (metric, label) in zip(np.atleast_1d(axes), tables.LEAD_METRICS):
     for index, cell in enumerate(shown):
-      values = [100 * r['metrics'][metric] for r in results[cell.name] if metric in r['metrics']]
+      values = _percent(results, cell.name, metric)
       if not values:
         continue
       mean, std = tables.mean_std(values)
