@@ -2,7 +2,8 @@
 
 The session fixtures are built once per pytest run, however many modules use them: the shapes
 SentencePiece models, an untrained shapes VQGAN checkpoint and the tiny ITIT model's initial
-parameters. The rest are plain functions (`import conftest`; pytest puts tests/ on sys.path):
+parameters. `compile_cache` is a module fixture: a persistent XLA cache (one folder for the whole
+run) for a module whose runs compile the same programs. The rest are plain functions (`import conftest`; pytest puts tests/ on sys.path):
 the shard writers, whose variants each module builds once in a module fixture, and the
 environment for subprocesses.
 """
@@ -12,6 +13,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from jax._src import compilation_cache
 
 from configs import tiny
 from configs import vqgan_shapes
@@ -131,3 +133,28 @@ def tiny_boxed_params():
 def tiny_params(tiny_boxed_params):
   """`tiny_boxed_params` unboxed: plain arrays, as model.apply takes them."""
   return nn.unbox(tiny_boxed_params)
+
+
+@pytest.fixture(scope='session')
+def xla_cache_dir(tmp_path_factory):
+  """One folder for every module's persistent XLA cache: a program two modules compile (the
+  reliability and checkpoint-damage runs) is compiled once per pytest run."""
+  return str(tmp_path_factory.mktemp('xla_cache'))
+
+
+@pytest.fixture(scope='module')
+def compile_cache(xla_cache_dir):
+  """A persistent XLA cache for a module and its subprocesses (their environment: the fixture's
+  value): a module whose runs compile the same programs (a run, its resumes) compiles each once.
+  Other modules compile as usual."""
+  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
+           'jax_persistent_cache_min_entry_size_bytes')
+  values = (xla_cache_dir, 0, -1)
+  previous = {name: getattr(jax.config, name) for name in names}
+  for name, value in zip(names, values):
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+  yield {name.upper(): str(value) for name, value in zip(names, values)}
+  for name, value in previous.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()

@@ -33,8 +33,7 @@ from test_reliability import losses
 from test_reliability import make_config
 from test_reliability import one_error_line
 
-# test_reliability's module fixtures (a persistent XLA cache, the shards), for this module.
-compile_cache = test_reliability.compile_cache
+# test_reliability's module fixture (the shards), for this module; conftest's compile_cache.
 data_dir = test_reliability.data_dir
 
 

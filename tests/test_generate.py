@@ -26,15 +26,18 @@ def setup():
 
 
 def uncached_greedy(params, image_tokens, model, max_len):
-  """Reference: re-runs the decoder over the whole prefix for every new token."""
+  """Reference: re-runs the decoder over the whole prefix for every new token (the prefix padded
+  to a fixed length, so one compile serves every step; the causal mask hides the padding)."""
   encoded = generate.encode_image_for_captioning(params, image_tokens, model=model)
+  decode = jax.jit(lambda tokens: model.apply({'params': params}, encoded, tokens,
+                                              deterministic=True,
+                                              method=itit_model.ITIT.decode_text))
   batch = image_tokens.shape[0]
   tokens = np.zeros((batch, max_len + 1), np.int32)  # BOS = 0 first
   done = np.zeros(batch, bool)
   for t in range(max_len):
-    logits = model.apply({'params': params}, encoded, jnp.asarray(tokens[:, :t + 1]),
-                         deterministic=True, method=itit_model.ITIT.decode_text)
-    next_token = np.asarray(jnp.argmax(logits[:, -1], -1))
+    logits = decode(jnp.asarray(tokens[:, :max_len]))
+    next_token = np.asarray(jnp.argmax(logits[:, t], -1))
     next_token = np.where(done, 0, next_token)
     tokens[:, t + 1] = next_token
     done |= next_token == 1

@@ -37,23 +37,6 @@ OVERRIDES = {'total_steps': 6, 'log_every': 1, 'checkpoint_every': 2, 'keep_chec
 
 
 @pytest.fixture(scope='module')
-def compile_cache(tmp_path_factory):
-  """A persistent XLA cache for this module and its subprocesses (the same programs recur)."""
-  from jax._src import compilation_cache
-  directory = str(tmp_path_factory.mktemp('xla_cache'))
-  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
-           'jax_persistent_cache_min_entry_size_bytes')
-  previous = {name: getattr(jax.config, name) for name in names}
-  for name, value in zip(names, (directory, 0, -1)):
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-  yield {name.upper(): str(value) for name, value in zip(names, (directory, 0, -1))}
-  for name, value in previous.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-
-
-@pytest.fixture(scope='module')
 def data_dir(shapes_spiece, tmp_path_factory):
   return conftest.write_pooled_shards(tmp_path_factory.mktemp('shards'), shapes_spiece(60),
                                       ('paired',), num_test=0, sha256='pooled-v1')

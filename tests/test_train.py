@@ -16,6 +16,9 @@ from itit.trainer import step as step_lib
 from tools import loss_gradients
 import conftest  # pylint: disable=g-bad-import-order
 
+# The runs here repeat a few programs (a run, its resume, the NaN guards): each compiles once.
+pytestmark = pytest.mark.usefixtures('compile_cache')
+
 # The tiny run: 6 steps, metrics every 2, checkpoints at 3 and 6, no evaluation until the end.
 TRAIN = {'total_steps': 6, 'log_every': 2, 'checkpoint_every': 3, 'optimizer.warmup_steps': 2,
          'optimizer.lr': 1e-3, 'eval_every': 0}
@@ -75,6 +78,7 @@ def test_resume_is_bitwise(data_dir, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # a program of its own; test_reliability's NaN tests cover the guard fast
 def test_nan_halts_naming_the_step(data_dir, tmp_path):
   config = tiny_config(data_dir, **{'optimizer.lr': float('nan')})
   config.optimizer.grad_clip = 0.0
@@ -82,6 +86,7 @@ def test_nan_halts_naming_the_step(data_dir, tmp_path):
     loop.train_and_evaluate(config, str(tmp_path / 'nan'))
 
 
+@pytest.mark.slow  # a program of its own; test_reliability's NaN tests cover the guard fast
 def test_nan_skip_policy_keeps_params(data_dir, tmp_path):
   config = tiny_config(data_dir, nan_policy='skip', **{'optimizer.lr': float('nan')})
   workdir = str(tmp_path / 'skip')
@@ -114,6 +119,7 @@ def _random_t5(path, seed):
   return str(path)
 
 
+@pytest.mark.slow  # a T5 run of its own (~1 min); test_t5 checks the encoder itself fast
 def test_frozen_t5_stays_out_of_state_and_resume_checks_it(data_dir, tmp_path):
   from itit.models import t5_loader
   t5_dir = _random_t5(tmp_path / 't5', seed=0)

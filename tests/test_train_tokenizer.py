@@ -48,7 +48,7 @@ def image_dir(tmp_path_factory):
   return folder
 
 
-def test_resume_ends_with_bitwise_identical_params(image_dir, tmp_path, capsys):
+def test_resume_ends_with_bitwise_identical_params(image_dir, tmp_path, capsys, compile_cache):
   config = tiny_config(image_dir)
   workdir = tmp_path / 'run'
   results = train_tokenizer.train_and_evaluate(config, str(workdir))
