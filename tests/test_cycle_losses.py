@@ -110,6 +110,7 @@ def check_cycle_gradient_flow(cycle_fn, text_or_image_loss, full, half, trained_
                                err_msg=part)
 
 
+@pytest.mark.slow  # ~35 s of eager gradients; the fixed-captioner test checks T2I2T's flow fast
 def test_t2i2t_gradient_flow(setup):
   config, model, params, images, texts = setup
   check_cycle_gradient_flow(cycles.t2i2t_cycle, 'loss__unpaired_text_loss', 't2i2t',

@@ -30,6 +30,7 @@ def row7(tiny_params):
   return tiny_params, batch, loss_fns, grads
 
 
+@pytest.mark.slow  # a train-step compile of its own (~20 s)
 def test_per_loss_gradients_sum_to_the_train_step_gradient(row7):
   params, batch, loss_fns, grads = row7
   assert sorted(grads) == ['i2t', 't2i', 't2t', 'unpaired_i2i']

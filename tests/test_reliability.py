@@ -135,6 +135,7 @@ def _fake_partial_save(checkpoints, complete_step, partial_step):
     os.remove(commit)
 
 
+@pytest.mark.slow  # a subprocess run (~15 s); the SIGTERM test covers resume in the fast tier
 def test_kill9_during_save_resumes_from_last_complete_checkpoint(straight, compile_cache,
                                                                  data_dir, tmp_path):
   workdir = str(tmp_path / 'killed')
