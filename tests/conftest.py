@@ -3,9 +3,9 @@
 The session fixtures are built once per pytest run, however many modules use them: the shapes
 SentencePiece models, an untrained shapes VQGAN checkpoint and the tiny ITIT model's initial
 parameters. `compile_cache` is a module fixture: a persistent XLA cache (one folder for the whole
-run) for a module whose runs compile the same programs. The rest are plain functions (`import conftest`; pytest puts tests/ on sys.path):
-the shard writers, whose variants each module builds once in a module fixture, and the
-environment for subprocesses.
+run) for a module whose runs compile the same programs. The rest are plain functions (`import
+conftest`; pytest puts tests/ on sys.path): the shard writers, whose variants each module builds
+once in a module fixture, and the environment for subprocesses.
 """
 import os
 
