@@ -2,17 +2,34 @@
 
 Only process 0 writes; other processes get a writer that does nothing, so call sites need no
 `if jax.process_index() == 0`.
+
+TensorBoard events are written and flushed in the calling thread (tensorboardX's synchronous
+`EventsWriter`), not by `SummaryWriter`'s worker thread, which flushes on its own clock: a full
+disk there printed a thread traceback and lost the events, while here it raises the `OSError`
+where the training loop turns it into one `disk full` line.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
+import types
 from typing import Mapping
+import uuid
 
 import jax
 import numpy as np
+
+
+@functools.cache
+def _tensorboardx() -> types.SimpleNamespace:
+  """tensorboardX's pieces, imported on first use: the package is slow to import."""
+  from tensorboardX import event_file_writer, summary  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  return types.SimpleNamespace(EventsWriter=event_file_writer.EventsWriter, summary=summary,
+                               Event=event_pb2.Event)
 
 
 class MetricWriter:
@@ -24,17 +41,27 @@ class MetricWriter:
     self._tb = None
     self._jsonl = None
     if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
-      from tensorboardX import SummaryWriter  # imported lazily: it is slow to import
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      os.makedirs(os.path.join(workdir, 'tensorboard'), exist_ok=True)
+      # A new events file per writer (a resumed run adds one), named as SummaryWriter names
+      # them (the time in seconds and the host) plus a random suffix: a writer opened in the
+      # same second would otherwise truncate the other's file.
+      self._tb = _tensorboardx().EventsWriter(os.path.join(workdir, 'tensorboard', 'events'),
+                                              filename_suffix=f'.{uuid.uuid4().hex[:8]}')
       self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+
+  def _write_summaries(self, step: int, summaries) -> None:
+    """Writes tensorboardX `Summary` protos at `step` and flushes the events file."""
+    for summary in summaries:
+      self._tb.write_event(_tensorboardx().Event(summary=summary, step=int(step),
+                                                 wall_time=time.time()))
+    self._tb.flush()
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     values = {k: float(v) for k, v in scalars.items()}
-    for name, value in values.items():
-      self._tb.add_scalar(name, value, step)
+    self._write_summaries(step, [_tensorboardx().summary.scalar(name, value)
+                                 for name, value in values.items()])
     self._jsonl.write(json.dumps({'step': int(step), **values}) + '\n')
     self._jsonl.flush()
 
@@ -45,14 +72,16 @@ class MetricWriter:
     from PIL import Image
     folder = os.path.join(self.workdir, 'images')
     os.makedirs(folder, exist_ok=True)
+    self._write_summaries(step, [
+        _tensorboardx().summary.image(name, np.asarray(image), dataformats='HWC')
+        for name, image in images.items()])
     for name, image in images.items():
-      self._tb.add_image(name, np.asarray(image), step, dataformats='HWC')
       Image.fromarray(np.asarray(image)).save(os.path.join(folder, f'{name}_{step}.png'))
 
   def write_text(self, step: int, name: str, text: str) -> None:
     """Markdown text under `name` in TensorBoard's text tab."""
     if self.enabled:
-      self._tb.add_text(name, text, step)
+      self._write_summaries(step, [_tensorboardx().summary.text(name, text)])
 
   def flush(self) -> None:
     if self.enabled:
