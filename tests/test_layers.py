@@ -119,11 +119,15 @@ def test_even_length_attention_matches_unpadded(q_len, k_len, mask_kind):
   def padded(q, k, v):
     return layers.even_length_attention(q, k, v, mask, implementation='xla')
 
-  np.testing.assert_allclose(padded(query, key, value), reference(query, key, value),
-                             atol=1e-5, rtol=1e-5)
-  assert padded(query, key, value).shape == (2, q_len, 3, 8)
-  grads = jax.grad(lambda *a: loss(padded, *a), argnums=(0, 1, 2))(query, key, value)
-  want = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(query, key, value)
+  # Jitted: op-by-op, the two gradients took ~30 s a case on 2 cores.
+  def outputs_and_grads(fn):
+    grads = jax.grad(lambda *a: loss(fn, *a), argnums=(0, 1, 2))
+    return jax.jit(lambda *a: (fn(*a), grads(*a)))(query, key, value)
+
+  out, grads = outputs_and_grads(padded)
+  want_out, want = outputs_and_grads(reference)
+  assert out.shape == (2, q_len, 3, 8)
+  np.testing.assert_allclose(out, want_out, atol=1e-5, rtol=1e-5)
   for got, expected in zip(grads, want):
     assert np.isfinite(np.asarray(got)).all()
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
