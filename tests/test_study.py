@@ -17,6 +17,7 @@ from experiments.shapes_study import design
 from experiments.shapes_study import plan
 from experiments.shapes_study import report
 from experiments.shapes_study import tables
+from itit.data import shards
 from itit.losses import registry
 from itit.models import itit as itit_model
 from itit.trainer import metric_writer
@@ -36,9 +37,15 @@ class FakeCLIs:
     self.commands.append(command)
     module = command[2] if command[1] == '-m' else os.path.basename(command[1])
     if module == 'itit.prepare':
-      os.makedirs(flag(command, 'out_dir'), exist_ok=True)
-      with open(os.path.join(flag(command, 'out_dir'), 'prepare_summary.json'), 'w') as f:
+      out_dir = flag(command, 'out_dir')
+      os.makedirs(os.path.join(out_dir, 'paired'), exist_ok=True)
+      with open(os.path.join(out_dir, 'prepare_summary.json'), 'w') as f:
         f.write('{}')
+      # The manifest's identity of the VQGAN, as itit.prepare records it (a stand-in hash).
+      vqgan = os.path.basename(flag(command, 'config.image_tokenizer'))
+      with open(os.path.join(out_dir, 'paired', shards.MANIFEST_NAME), 'w') as f:
+        json.dump({'format_version': shards.FORMAT_VERSION,
+                   'identities': {'image_tokenizer': {'sha256': f'sha-of-{vqgan}'}}}, f)
     elif module == 'itit.train':
       # The budget's total_steps, else its config's (the laptop level's come from the preset).
       preset = flag(command, 'config').partition(':')[2]
@@ -441,6 +448,7 @@ def test_runs_resume_and_never_touch_finished_cells(tmp_path):
   assert row14['metrics'] == {'shapes/i2t_exact': 0.1, 'shapes/t2i_exact': 0.05}
   assert row14['step'] == 300 and row14['extra_scenes'] == 480 - round(plan.LAPTOP_PAIRED_FRACTION * 480) and row14['timed']
   assert row14['paired_records'] == design.data_counts(plan.BUDGETS['quick'])['paired']
+  assert row14['image_tokenizer'] == 'sha-of-vqgan'  # the manifest of the shards it read
   assert not json.loads((out / 'cells' / 'all_paired-seed1.json').read_text())['timed']
   assert (out / 'samples' / 'row14-seed1_shapes_t2i.png').is_file()
   assert (out / 'cycle_chain.png').is_file()
@@ -636,6 +644,8 @@ def test_seed_differences_pair_runs_by_seed():
                 run(3, **{'shapes/i2t_color': 0.99, 'shapes/t2i_shape': 0.99})],
       'row7': [run(2, **{'shapes/i2t_color': 0.70, 'shapes/t2i_shape': 0.35})],
       'row10': [run(3, **{'shapes/i2t_color': 0.5})],
+      # Seed 1 on shards of another (re-trained) VQGAN: no pair with row 3's seed 1.
+      'row11': [dict(run(1, **{'shapes/i2t_color': 0.9}), image_tokenizer='sha-B')],
   }
   table = tables.seed_differences_markdown(cells, results, metrics=metrics)
   rows = {line.split(' | ')[0][2:]: line.strip(' |').split(' | ')
@@ -644,10 +654,27 @@ def test_seed_differences_pair_runs_by_seed():
   # t = -1/3 on 1 degree of freedom: p = 1 - 2 atan(1/3) / pi = 0.795.
   assert rows['row14'] == ['row14', '1,2', '-2.5 ± 10.6 (1/2, p 0.8)', '-10.0 (0/1)']
   assert rows['row7'] == ['row7', '2', '+10.0 (1/1)', '+5.0 (1/1)']
-  # No seed in common with row 3 (row10), and row 3 itself: no row.
+  # No seed (and tokenizer) in common with row 3 (row10, row11), and row 3 itself: no row.
   assert set(rows) == {'row14', 'row7'}
+  # With row 3's seed 1 on that tokenizer too, row 11 pairs with it.
+  results['row3'][0]['image_tokenizer'] = 'sha-B'
+  rows = tables.seed_differences_markdown(cells, results, metrics=metrics).splitlines()[2:]
+  assert [r.split(' | ')[0][2:] for r in rows] == ['row7', 'row11', 'row14']
+  assert rows[1] == '| row11 | 1 | +50.0 (1/1) | – |'
+  assert rows[2].startswith('| row14 | 2 | -10.0 (0/1) |')  # its seed 1 is on the first VQGAN
   assert table.splitlines()[0] == '| cell | seeds | caption colour | T2I shape |'
   assert tables.seed_differences_markdown(cells, {'row3': results['row3']}) == ''
+
+
+def test_tokenizer_note_counts_the_runs_of_each_vqgan():
+  run = lambda seed, tokenizer=None: {'seed': seed, 'metrics': {},
+                                      **({'image_tokenizer': tokenizer} if tokenizer else {})}
+  assert tables.tokenizer_note({'row3': [run(1, 'a' * 64), run(2, 'a' * 64)]}) == ''
+  results = {'row3': [run(1), run(2, 'b' * 64)], 'row14': [run(1), run(2, 'b' * 64),
+                                                           run(3, 'b' * 64)]}
+  assert tables.tokenizer_note(results) == (
+      'The runs read shards of 2 image tokenizers (VQGANs): 2 on not recorded; 3 on '
+      'bbbbbbbbbbbb…. Per-seed differences and gaps pair runs of one tokenizer only.')
 
 
 def test_eta_scales_the_prior_by_measured_time():
@@ -749,6 +776,9 @@ def test_report_leads_with_one_table_one_plot_and_the_gap_closed(tmp_path):
                              [0.5, 2 / 3, -0.2])
   np.testing.assert_allclose(tables.gap_closed(results, 'row14', 'shapes/t2i_exact'),
                              [0.5, 4 / 7])
+  # A seed whose run read another VQGAN's shards has no gap: its row 3 and bound are not twins.
+  moved = {**results, 'row14': [dict(results['row14'][2], image_tokenizer='sha-B')]}
+  assert tables.gap_closed(moved, 'row14', 'shapes/i2t_exact') == []
   paths = commands.Paths(str(out), str(out / 'work'), '')
   with open(report.write_report(laptop_cells(), paths)) as f:
     readme = f.read()

@@ -67,6 +67,16 @@ def step_time_steps(chosen_cells, cells, paths, budget, calls: int):
   return steps
 
 
+def image_tokenizer_of(data_dir: str) -> str | None:
+  """The sha256 of the image tokenizer (VQGAN) that made `data_dir`'s shards, from the
+  manifest of its first split; None where no split has one."""
+  for split in sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []:
+    if os.path.isfile(os.path.join(data_dir, split, shards.MANIFEST_NAME)):
+      identity = shards.read_manifest(os.path.join(data_dir, split))['identities']
+      return identity.get('image_tokenizer', {}).get('sha256')
+  return None
+
+
 def execute_run(run, paths, budget, fid: bool, runner=run_command) -> dict:
   """Trains (or resumes) and evaluates one run, copies its sample grids, writes its JSON."""
   workdir = paths.run(run)
@@ -93,6 +103,8 @@ def execute_run(run, paths, budget, fid: bool, runner=run_command) -> dict:
       paired_records=(limits.get('paired', counts['num_train'] if run.cell.dataset == 'pairs'
                                  else counts['paired'])),
       extra_scenes=design.extra_scenes(run.cell, counts), max_records=limits,
+      # Per-seed comparisons pair runs on one tokenizer (tables.pair_key).
+      image_tokenizer=image_tokenizer_of(paths.data(run.cell.dataset)),
       seconds=time.time() - start, timed=not (resumed or finished), command=shlex.join(command),
       finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
   shards.write_json_atomic(paths.cell_json(run), result)

@@ -134,10 +134,11 @@ def write_report(cells, paths) -> str:
     headlines = [tables.headline(results, c.name) for c in table_cells if c.row == 14]
     lead = ('## The study in one table\n\nExact-scene accuracy on the test scenes, mean ± std '
             'over seeds. "minus row3, same seed": the cell minus pairs only (row 3) trained '
-            'with the same seed, in points: mean ± std, on how many seeds the cell is ahead, '
-            'and the paired t-test\'s two-sided p-value. "gap closed": (cell − row3) / '
-            '(all_paired − row3) per seed, mean ± std: 100 % is as good as every training '
-            'scene paired, below 0 worse than the pairs alone.\n\n' + lead + '\n'
+            'with the same seed on shards of the same VQGAN, in points: mean ± std, on how '
+            'many seeds the cell is ahead, and the paired t-test\'s two-sided p-value. "gap '
+            'closed": (cell − row3) / (all_paired − row3) per seed, mean ± std: 100 % is as '
+            'good as every training scene paired, below 0 worse than the pairs alone. '
+            + tables.tokenizer_note(results) + '\n\n' + lead + '\n'
             + ''.join(f'- {h}\n' for h in headlines if h)
             + '\n![summary](summary.png)\n')
     reference = next((c.name for c in compositional if c.row == 3 and c.extra == 0), None)

@@ -61,6 +61,29 @@ def load_results(out: str) -> dict[str, list[dict]]:
   return results
 
 
+def pair_key(run: dict) -> tuple:
+  """What two runs share to be compared seed by seed: the seed and the image tokenizer their
+  shards were made with (`image_tokenizer`, the VQGAN's sha256). A re-trained VQGAN gives other
+  tokens, which moves a cell as much as a seed does, so runs on two tokenizers are no pair."""
+  return run['seed'], run.get('image_tokenizer')
+
+
+def tokenizer_note(results) -> str:
+  """One sentence where the runs read shards of more than one image tokenizer (a VQGAN
+  re-trained after its scratch folder was lost): how many runs each, and that comparisons stay
+  within one. '' for one tokenizer."""
+  counts = {}
+  for runs in results.values():
+    for run in runs:
+      tokenizer = run.get('image_tokenizer') or 'not recorded'
+      counts[tokenizer] = counts.get(tokenizer, 0) + 1
+  if len(counts) < 2:
+    return ''
+  parts = [f'{n} on {name[:12] + "…" if len(name) == 64 else name}' for name, n in counts.items()]
+  return (f'The runs read shards of {len(counts)} image tokenizers (VQGANs): '
+          + '; '.join(parts) + '. Per-seed differences and gaps pair runs of one tokenizer only.')
+
+
 def mean_std(values) -> tuple[float, float]:
   """Mean and sample standard deviation (ddof=1; 0 for one value)."""
   values = np.asarray(values, np.float64)
@@ -162,20 +185,20 @@ def seed_differences_markdown(cells, results, reference: str = 'row3',
   Cells trained on the reference's data with the same seed start from its initial parameters
   and read its paired batches in its order (row 14 with a cycle warm-up is bitwise row 3 until
   the cycles join), so a per-seed difference removes the seed's own luck, which the separate
-  means of `table_markdown` keep. Cells without a seed in common with the reference are left
-  out. Returns '' when no cell has one.
+  means of `table_markdown` keep. Runs pair by `pair_key` (the seed and the image tokenizer);
+  cells without such a pair with the reference are left out. Returns '' when no cell has one.
   """
-  by_seed = {r['seed']: r['metrics'] for r in results.get(reference, [])}
+  by_seed = {pair_key(r): r['metrics'] for r in results.get(reference, [])}
   header = ['cell', 'seeds'] + [label for _, label, _ in metrics]
   lines = []
   for cell in cells:
-    runs = [r for r in results.get(cell.name, []) if r['seed'] in by_seed]
+    runs = [r for r in results.get(cell.name, []) if pair_key(r) in by_seed]
     if cell.name == reference or not runs:
       continue
     values = []
     for metric, _, scale in metrics:
-      diffs = [scale * (r['metrics'][metric] - by_seed[r['seed']][metric]) for r in runs
-               if metric in r['metrics'] and metric in by_seed[r['seed']]]
+      diffs = [scale * (r['metrics'][metric] - by_seed[pair_key(r)][metric]) for r in runs
+               if metric in r['metrics'] and metric in by_seed[pair_key(r)]]
       if not diffs:
         values.append('–')
         continue
@@ -264,15 +287,16 @@ LEAD_METRICS = (('shapes/i2t_exact', 'captions exact %'),
 
 def gap_closed(results, name: str, metric: str, reference: str = 'row3',
                bound: str = 'all_paired') -> list[float]:
-  """Per seed that `name`, `reference` and `bound` all have (and where the bound is not the
-  reference's value): (cell - reference) / (bound - reference), the fraction of the gap
-  between pairs only and every scene paired that the cell closes (1 = the bound, < 0 =
-  below pairs only)."""
-  by_seed = lambda cell: {r['seed']: r['metrics'][metric] for r in results.get(cell, [])
+  """Per seed (and tokenizer: `pair_key`) that `name`, `reference` and `bound` all have (and
+  where the bound is not the reference's value): (cell - reference) / (bound - reference), the
+  fraction of the gap between pairs only and every scene paired that the cell closes (1 = the
+  bound, < 0 = below pairs only)."""
+  by_seed = lambda cell: {pair_key(r): r['metrics'][metric] for r in results.get(cell, [])
                           if metric in r['metrics']}
   low, high, cell = by_seed(reference), by_seed(bound), by_seed(name)
-  return [(cell[s] - low[s]) / (high[s] - low[s]) for s in sorted(cell)
-          if s in low and s in high and high[s] != low[s]]
+  keys = sorted(cell, key=lambda key: (key[0], str(key[1])))
+  return [(cell[k] - low[k]) / (high[k] - low[k]) for k in keys
+          if k in low and k in high and high[k] != low[k]]
 
 
 def _exact_columns(name: str, results, metric: str, reference: str, gap_shown: bool = True,
@@ -281,9 +305,10 @@ def _exact_columns(name: str, results, metric: str, reference: str, gap_shown: b
   `reference` (`format_difference`, '–' for the reference itself) and the gap closed between
   row3 and `bound` (`gap_closed`, in %, with the number of seeds all three have)."""
   runs = results.get(name, [])
-  by_seed = {r['seed']: r['metrics'] for r in results.get(reference, [])}
-  diffs = [100.0 * (r['metrics'][metric] - by_seed[r['seed']][metric]) for r in runs
-           if r['seed'] in by_seed and metric in r['metrics'] and metric in by_seed[r['seed']]]
+  by_seed = {pair_key(r): r['metrics'] for r in results.get(reference, [])}
+  diffs = [100.0 * (r['metrics'][metric] - by_seed[pair_key(r)][metric]) for r in runs
+           if pair_key(r) in by_seed and metric in r['metrics']
+           and metric in by_seed[pair_key(r)]]
   gaps = gap_closed(results, name, metric, bound=bound) if gap_shown else []
   return [format_cell([r['metrics'][metric] for r in runs if metric in r['metrics']], 100.0),
           format_difference(diffs) if diffs and name != reference else '–',
