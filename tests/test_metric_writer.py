@@ -67,6 +67,7 @@ def test_writer_jsonl_and_images(tmp_path):
   writer = metric_writer.MetricWriter(str(tmp_path), enabled=True)  # a resumed run's writer
   writer.write_text(5, 'samples', 'a red circle')
   writer.close()
+  writer.close()  # a preempted run closes twice
   events = read_events(tmp_path / 'tensorboard')
   assert events[0].file_version == 'brain.Event:2'
   values = [(e.step, v.tag, v) for e in events for v in e.summary.value]

@@ -89,9 +89,12 @@ class MetricWriter:
       self._jsonl.flush()
 
   def close(self) -> None:
-    if self.enabled:
+    """Flushes and closes the files; closing again does nothing (a preempted loop closes the
+    writer before its `finally` does)."""
+    if self.enabled and self._tb is not None:
       self._tb.close()
       self._jsonl.close()
+      self._tb = self._jsonl = None
 
 
 def format_duration(seconds: float) -> str:
