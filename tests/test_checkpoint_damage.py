@@ -104,6 +104,7 @@ def test_damaged_newest_step_resumes_from_previous_bitwise(straight, data_dir, t
   assert_same_params(checkpoint(workdir)[1], checkpoint(straight)[1])
 
 
+@pytest.mark.slow  # a CLI run of its own; the in-process damage tests cover the handling
 def test_damaged_resume_through_the_cli_is_one_warning_line(straight, compile_cache,
                                                              data_dir, tmp_path):
   """The truncated state is the noisy case: Orbax's failed sharded restore leaves dozens of
@@ -211,6 +212,7 @@ def small_tmpfs(straight, tmp_path):
     subprocess.run(['umount', '-l', str(mount_point)], check=False)
 
 
+@pytest.mark.slow  # a CLI run of its own; test_disk_full_simulated covers the handling
 def test_disk_full_on_a_small_tmpfs_is_one_error_line(straight, small_tmpfs, compile_cache,
                                                       data_dir):
   workdir = os.path.join(small_tmpfs, 'run')
