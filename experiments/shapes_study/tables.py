@@ -68,6 +68,16 @@ def pair_key(run: dict) -> tuple:
   return run['seed'], run.get('image_tokenizer')
 
 
+def paired_differences(results, name: str, reference: str, metric: str,
+                       scale: float = 100.0) -> list[float]:
+  """`scale` x (`name` - `reference`) in `metric`, per run of `name` with a twin of the same
+  `pair_key` in `reference` where both have the metric."""
+  twins = {pair_key(r): r['metrics'] for r in results.get(reference, [])}
+  return [scale * (r['metrics'][metric] - twins[pair_key(r)][metric])
+          for r in results.get(name, [])
+          if pair_key(r) in twins and metric in r['metrics'] and metric in twins[pair_key(r)]]
+
+
 def tokenizer_note(results) -> str:
   """One sentence where the runs read shards of more than one image tokenizer (a VQGAN
   re-trained after its scratch folder was lost): how many runs each, and that comparisons stay
@@ -197,8 +207,7 @@ def seed_differences_markdown(cells, results, reference: str = 'row3',
       continue
     values = []
     for metric, _, scale in metrics:
-      diffs = [scale * (r['metrics'][metric] - by_seed[pair_key(r)][metric]) for r in runs
-               if metric in r['metrics'] and metric in by_seed[pair_key(r)]]
+      diffs = paired_differences(results, cell.name, reference, metric, scale)
       if not diffs:
         values.append('–')
         continue
@@ -305,10 +314,7 @@ def _exact_columns(name: str, results, metric: str, reference: str, gap_shown: b
   `reference` (`format_difference`, '–' for the reference itself) and the gap closed between
   row3 and `bound` (`gap_closed`, in %, with the number of seeds all three have)."""
   runs = results.get(name, [])
-  by_seed = {pair_key(r): r['metrics'] for r in results.get(reference, [])}
-  diffs = [100.0 * (r['metrics'][metric] - by_seed[pair_key(r)][metric]) for r in runs
-           if pair_key(r) in by_seed and metric in r['metrics']
-           and metric in by_seed[pair_key(r)]]
+  diffs = paired_differences(results, name, reference, metric)
   gaps = gap_closed(results, name, metric, bound=bound) if gap_shown else []
   return [format_cell([r['metrics'][metric] for r in runs if metric in r['metrics']], 100.0),
           format_difference(diffs) if diffs and name != reference else '–',
