@@ -397,6 +397,7 @@ def test_run_summary_states_the_reuse():
   assert 'cycles from step 0; each pseudo pair serves 3 steps' in summary
 
 
+@pytest.mark.slow  # compiles a train step (~29 s idle); the reuse tests above run fast
 def test_reuse_without_a_cycle_loss_keeps_no_pairs():
   # Row 3 with cycle.reuse set (e.g. a sweep's shared override): nothing to keep, no error.
   config = tiny.get_config('row3')

@@ -112,6 +112,7 @@ def test_t2i_mask_schedules(setup):
     common.t2i_image_mask(rng, 2, n, bad)
 
 
+@pytest.mark.slow  # eager loss passes (~19 s idle); the cycle test runs the cosine schedule fast
 def test_t2i_loss_with_cosine_schedule_drops_nothing(setup):
   """Under the cosine schedule the T2I encoder sees every position (masked ones as [MASK]), as
   at inference: the loss equals that reference, and differs from dropping num_dropped tokens
@@ -140,6 +141,7 @@ def test_t2i_loss_with_cosine_schedule_drops_nothing(setup):
   assert abs(float(reference(config.model.num_dropped)) - float(loss)) > 1e-4
 
 
+@pytest.mark.slow  # two compiled gradients (~12 s idle); the cotangent test checks the scale fast
 def test_i2t_gradient_to_encoder_is_scaled(setup):
   """With the I2I term off, the encoder's gradient under scale 0.1 is 0.1x the unscaled one."""
   config, model, params, batch = setup

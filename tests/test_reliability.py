@@ -187,6 +187,7 @@ def test_nan_in_batch_halts_naming_the_step(straight, data_dir, tmp_path, monkey
   assert checkpoint(workdir)[0] == 2
 
 
+@pytest.mark.slow  # a 6-step run (~30 s idle); the halt test covers the NaN guard fast
 def test_nan_in_batch_is_skipped_and_counted(straight, data_dir, tmp_path, monkeypatch):
   _poison_batches(monkeypatch, {3, 5})
   workdir = str(tmp_path / 'skip')

@@ -48,6 +48,7 @@ def image_dir(tmp_path_factory):
   return folder
 
 
+@pytest.mark.slow  # two tokenizer runs (~32 s idle); the ITIT resume tests run fast
 def test_resume_ends_with_bitwise_identical_params(image_dir, tmp_path, capsys, compile_cache):
   config = tiny_config(image_dir)
   workdir = tmp_path / 'run'
