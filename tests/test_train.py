@@ -42,9 +42,16 @@ def final_params(workdir):
   return step, restored['state']['params']
 
 
-def test_trains_logs_and_evaluates(data_dir, tmp_path):
-  workdir = str(tmp_path / 'run')
-  results = loop.train_and_evaluate(tiny_config(data_dir), workdir)
+@pytest.fixture(scope='module')
+def straight_run(data_dir, tmp_path_factory):
+  """(workdir, results) of the tiny run trained straight through, once for the module: the
+  logging test reads it and the resume test compares against it."""
+  workdir = str(tmp_path_factory.mktemp('straight') / 'run')
+  return workdir, loop.train_and_evaluate(tiny_config(data_dir), workdir)
+
+
+def test_trains_logs_and_evaluates(straight_run):
+  workdir, results = straight_run
   assert set(results) >= {'i2t/i2t_token_accuracy', 't2i/t2i_masked_token_accuracy'}
   assert all(0.0 <= results[k] <= 1.0 for k in results if 'accuracy' in k)
   lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
@@ -64,9 +71,8 @@ def test_trains_logs_and_evaluates(data_dir, tmp_path):
   assert rows[0]['i2t/norm'] != rows[1]['i2t/norm']  # other parameters, same batch
 
 
-def test_resume_is_bitwise(data_dir, tmp_path):
-  straight = str(tmp_path / 'straight')
-  loop.train_and_evaluate(tiny_config(data_dir), straight)
+def test_resume_is_bitwise(data_dir, straight_run, tmp_path):
+  straight, _ = straight_run
   resumed = str(tmp_path / 'resumed')
   out = loop.train_and_evaluate(tiny_config(data_dir, max_steps_per_run=4), resumed)
   assert out == {'stopped_at_step': 4}
