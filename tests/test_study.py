@@ -122,7 +122,9 @@ def test_laptop_plan_has_the_issue_cells():
   assert {n: cells[n].row for n in rows} == dict(row3=3, row7=7, row10=10, row11=11, row12=12,
                                                  row14=14)
   assert all(not cells[n].overrides for n in rows)  # cycles from step 0
-  assert {n: c.seeds for n, c in cells.items() if c.seeds != 3} == dict(row3=5, row14=5)
+  # The bound has the seeds of rows 3 and 14: the gap-closed fraction pairs the three per seed.
+  assert {n: c.seeds for n, c in cells.items() if c.seeds != 3} == dict(row3=5, row14=5,
+                                                                        all_paired=5)
   # The warm-up joins halfway through the laptop preset's steps, wherever those are set.
   half = shapes_config.get_config('laptop').total_steps // 2
   assert cells['row14_warmup'].overrides == plan.LAPTOP_WARMUP == (('cycle.start_step', half),)
@@ -142,9 +144,9 @@ def test_laptop_plan_has_the_issue_cells():
   assert (cells['row14_critic'].row, cells['row14_critic'].overrides) == (
       14, (('cycle.t2i2t_trains_captioner', False),))
   runs = design.plan_runs(list(cells.values()))
-  assert len(runs) == 2 * 5 + 16 * 3
-  assert [r.name for r in runs[-4:]] == ['row3-seed4', 'row14-seed4', 'row3-seed5',
-                                         'row14-seed5']
+  assert len(runs) == 3 * 5 + 15 * 3
+  assert [r.name for r in runs[-6:]] == ['row3-seed4', 'row14-seed4', 'all_paired-seed4',
+                                         'row3-seed5', 'row14-seed5', 'all_paired-seed5']
   quick = design.plan_runs(list(cells.values()), plan.QUICK_CELLS['laptop'], 1)
   assert [r.name for r in quick] == ['row3-seed1', 'row14-seed1', 'all_paired-seed1']
   with pytest.raises(ValueError, match='give paired_fraction or compositional only'):
@@ -305,7 +307,7 @@ def test_laptop_dry_run_names_the_laptop_presets(tmp_path):
   out = tmp_path / 'out'
   lines = dry_run(['--out', str(out)])
   text = '\n'.join(lines)
-  assert re.search(r'Plan: 58 runs, ~\d+h\d\dm estimated', text)
+  assert re.search(r'Plan: 60 runs, ~\d+h\d\dm estimated', text)
   assert "Level: laptop (budget 'default'); data: {'num_train': 480, " in text
   fraction = plan.LAPTOP_PAIRED_FRACTION
   assert text.count('-m itit.train_tokenizer --config=configs/vqgan_shapes.py:laptop ') == 1
@@ -316,7 +318,7 @@ def test_laptop_dry_run_names_the_laptop_presets(tmp_path):
   assert f'--out_dir={out}/work/data_compositional ' in comp_prepare
   assert f'--config.text_tokenizer={out}/work/data_mixed/spiece.model' in comp_prepare
   trains = [line for line in lines if '-m itit.train ' in line]
-  assert len(trains) == 58
+  assert len(trains) == 60
   assert all(re.search(r' --config=configs/shapes\.py:row\d+,laptop ', line) for line in trains)
   # The preset sets steps, lr and batches; the budget adds only the evaluation it needs.
   assert not any(f'--config.{field}' in line for line in trains
@@ -603,7 +605,7 @@ def test_report_shows_the_novel_looks_of_the_compositional_cells(tmp_path):
   row3_curve, _ = tables.sweep_series(cells, results, 'shapes/i2t_exact').values()
   assert [(x, round(m, 6)) for x, m, _ in row3_curve] == [(24, 50.0)]
   text = open(readme).read()
-  assert 'Status: 8 of the plan\'s 58 runs are finished' in text
+  assert 'Status: 8 of the plan\'s 60 runs are finished' in text
   assert f'--out {out}`' in text  # the laptop level needs no flag
   half = shapes_config.get_config('laptop').total_steps // 2
   assert f'(ITIT: cycles from step {half}, ' in text
