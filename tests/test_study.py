@@ -479,7 +479,8 @@ def write_cell(out, name, row, extra, as_pairs, seed, metrics, extra_scenes, pai
   path.write_text(json.dumps(dict(
       cell=dict(name=name, row=row, extra=extra, as_pairs=as_pairs, seeds=3, what=name),
       seed=seed, run=f'{name}-seed{seed}', step=10, seconds=1.0, timed=True, metrics=metrics,
-      extra_scenes=extra_scenes, paired_records=paired_records)))
+      extra_scenes=extra_scenes, paired_records=paired_records,
+      finished=f'2026-11-2{seed}T10:00:00+00:00')))
 
 
 def test_report_table_and_scaling_plot(tmp_path):
@@ -605,6 +606,9 @@ def test_report_shows_the_novel_looks_of_the_compositional_cells(tmp_path):
   row3_curve, _ = tables.sweep_series(cells, results, 'shapes/i2t_exact').values()
   assert [(x, round(m, 6)) for x, m, _ in row3_curve] == [(24, 50.0)]
   text = open(readme).read()
+  # The title names the level and dates the results by their runs' days.
+  assert text.startswith('# The shapes-world study: the laptop level, runs of 2026-11-21 to '
+                         '2026-11-23\n')
   assert 'Status: 8 of the plan\'s 60 runs are finished' in text
   assert f'--out {out}`' in text  # the laptop level needs no flag
   half = shapes_config.get_config('laptop').total_steps // 2
@@ -781,6 +785,15 @@ def test_report_leads_with_one_table_one_plot_and_the_gap_closed(tmp_path):
   # A seed whose run read another VQGAN's shards has no gap: its row 3 and bound are not twins.
   moved = {**results, 'row14': [dict(results['row14'][2], image_tokenizer='sha-B')]}
   assert tables.gap_closed(moved, 'row14', 'shapes/i2t_exact') == []
+  # A bound that is not ahead of pairs only on every seed leaves no gap to close.
+  level = {**results, 'all_paired': [dict(r, metrics=exact(0.9, 0.2 if r['seed'] == 3 else 1.0))
+                                     for r in results['all_paired']]}
+  assert tables.gap_closed(level, 'row14', 'shapes/t2i_exact') == []
+  assert len(tables.gap_closed(level, 'row14', 'shapes/i2t_exact')) == 3
+  assert tables.headline(level, 'row14') == ('row14 closes 32 ± 46 % of the caption gap (3 '
+                                             'seeds) between row3 (pairs only) and all_paired '
+                                             '(every training scene paired), exact scenes, per '
+                                             'seed.')
   paths = commands.Paths(str(out), str(out / 'work'), '')
   with open(report.write_report(laptop_cells(), paths)) as f:
     readme = f.read()

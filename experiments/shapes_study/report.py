@@ -158,7 +158,11 @@ def write_report(cells, paths) -> str:
   level = meta.get('level', 'standard' if meta else 'laptop')
   flags = (f'{" --level " + level if level != "laptop" else ""}'
            f'{" --quick" if meta.get("mode") == "quick" else ""}')
-  lines = ['# The shapes-world study', ''] + ([lead] if lead else []) + [
+  # The title dates the results by their runs, so an older study reads as what it is.
+  days = sorted({r['finished'][:10] for r in runs if r.get('finished')})
+  dated = f', runs of {days[0]}' + (f' to {days[-1]}' if days[-1] != days[0] else '') if days else ''
+  lines = [f'# The shapes-world study: the {level} level{dated}', ''] + (
+      [lead] if lead else []) + [
            'Command (the whole plan; re-running it resumes): '
            f'`{shlex.join(commands.STUDY_COMMAND)} --out {shown_out}{flags}`', '',
            'Invocations so far (UTC; `--cells` / `--seeds` run part of the plan): '

@@ -296,16 +296,18 @@ LEAD_METRICS = (('shapes/i2t_exact', 'captions exact %'),
 
 def gap_closed(results, name: str, metric: str, reference: str = 'row3',
                bound: str = 'all_paired') -> list[float]:
-  """Per seed (and tokenizer: `pair_key`) that `name`, `reference` and `bound` all have (and
-  where the bound is not the reference's value): (cell - reference) / (bound - reference), the
-  fraction of the gap between pairs only and every scene paired that the cell closes (1 = the
-  bound, < 0 = below pairs only)."""
+  """Per seed (and tokenizer: `pair_key`) that `name`, `reference` and `bound` all have:
+  (cell - reference) / (bound - reference), the fraction of the gap between pairs only and
+  every scene paired that the cell closes (1 = the bound, < 0 = below pairs only). [] unless
+  the bound is ahead of the reference on every seed the two share: where it is not, there is
+  no gap to close and the ratio is noise over noise (the standard level's 800-step study)."""
   by_seed = lambda cell: {pair_key(r): r['metrics'][metric] for r in results.get(cell, [])
                           if metric in r['metrics']}
   low, high, cell = by_seed(reference), by_seed(bound), by_seed(name)
+  if any(high[k] <= low[k] for k in low.keys() & high.keys()):
+    return []
   keys = sorted(cell, key=lambda key: (key[0], str(key[1])))
-  return [(cell[k] - low[k]) / (high[k] - low[k]) for k in keys
-          if k in low and k in high and high[k] != low[k]]
+  return [(cell[k] - low[k]) / (high[k] - low[k]) for k in keys if k in low and k in high]
 
 
 def _exact_columns(name: str, results, metric: str, reference: str, gap_shown: bool = True,
