@@ -160,7 +160,9 @@ def write_report(cells, paths) -> str:
            f'{" --quick" if meta.get("mode") == "quick" else ""}')
   # The title dates the results by their runs, so an older study reads as what it is.
   days = sorted({r['finished'][:10] for r in runs if r.get('finished')})
-  dated = f', runs of {days[0]}' + (f' to {days[-1]}' if days[-1] != days[0] else '') if days else ''
+  dated = ''
+  if days:
+    dated = f', runs of {days[0]}' + (f' to {days[-1]}' if days[-1] != days[0] else '')
   lines = [f'# The shapes-world study: the {level} level{dated}', ''] + (
       [lead] if lead else []) + [
            'Command (the whole plan; re-running it resumes): '
