@@ -63,8 +63,13 @@ def test_trains_logs_and_evaluates(straight_run):
   assert lines[-1]['eval/i2t/i2t_token_accuracy'] == results['i2t/i2t_token_accuracy']
   assert os.path.isfile(os.path.join(workdir, 'eval.json'))
   assert final_params(workdir)[0] == 6
-  # The per-loss gradient diagnostic reads the run's kept checkpoints and training batches.
   assert checkpointing.all_steps(workdir) == [3, 6]
+
+
+@pytest.mark.slow  # compiles each loss's gradient; test_loss_gradients covers the norms fast
+def test_gradient_diagnostic_reads_the_runs_checkpoints(straight_run):
+  # The per-loss gradient diagnostic reads the run's kept checkpoints and training batches.
+  workdir, _ = straight_run
   rows = loss_gradients.run_summaries(workdir, [3, 6], num_batches=1, log=lambda _: None)
   assert [r['step'] for r in rows] == [3, 6] and rows[0]['losses'] == ['i2t', 't2i']
   assert all(0 < r[f'{n}/norm'] < np.inf for r in rows for n in ('i2t', 't2i'))
