@@ -10,7 +10,8 @@ three streams, row 3 reads 3 x --batch pairs (`benchmarks.benchmark.row_config`)
   python -m benchmarks.cycle_flops --config=configs/shapes.py:laptop --settings=s24g,s4,s4_r2
 
 A setting is `s<steps>` (unguided), `s<steps>g` (guidance tau = 2, the paper's) and an
-optional `_r<reuse>`; 'paper' is s24g.
+optional `_r<reuse>`; 'paper' is s24g, 'fast_cycles' the preset of that name
+(configs/base.py's FAST_CYCLES, the cheap-cycles study's recommendation).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import argparse
 import re
 
 from benchmarks.benchmark import load_config
+from configs import base
 from benchmarks.benchmark import row_config
 from itit.losses import registry
 
@@ -26,11 +28,14 @@ PAPER_GUIDANCE = 2.0
 
 
 def parse_setting(name: str) -> dict:
-  """'s8g_r4' -> {'synthesis_steps': 8, 'guidance_scale': 2.0, 'reuse': 4}; 'paper' is s24g."""
+  """'s8g_r4' -> {'synthesis_steps': 8, 'guidance_scale': 2.0, 'reuse': 4}; 'paper' is s24g,
+  'fast_cycles' the preset's FAST_CYCLES."""
+  if name == 'fast_cycles':
+    return dict(base.FAST_CYCLES)
   match = re.fullmatch(r's(\d+)(g?)(?:_r(\d+))?', 's24g' if name == 'paper' else name)
   if not match or int(match.group(1)) < 1 or (match.group(3) and int(match.group(3)) < 1):
     raise ValueError(f'setting {name!r}: use s<steps>[g][_r<reuse>] (steps, reuse >= 1; g: '
-                     "guidance 2) or 'paper'")
+                     "guidance 2), 'paper' or 'fast_cycles'")
   return dict(synthesis_steps=int(match.group(1)),
               guidance_scale=PAPER_GUIDANCE if match.group(2) else 0.0,
               reuse=int(match.group(3) or 1))

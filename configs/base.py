@@ -5,8 +5,10 @@
 
 Presets after the colon (`configs/common.py`): `rowN` = table 2 row N (`TABLE2_ROWS`); no row
 means row 14, the paper's model: T2I, I2T (+ I2I), T2I2T and I2T2I on the paired,
-unpaired-image and unpaired-text streams. Every ITIT config file (vit_b/l/h, shapes, tiny)
-builds on `paper_config()` and honours the same presets through `get_itit_config`.
+unpaired-image and unpaired-text streams. `fast_cycles`: the cycles' pseudo pairs from the
+cheap synthesis the cheap-cycles study recommends (`FAST_CYCLES`), e.g. `:row14,fast_cycles`.
+Every ITIT config file (vit_b/l/h, shapes, tiny) builds on `paper_config()` and honours the
+same presets through `get_itit_config`.
 Command-line overrides: `--config=configs/vit_b.py --config.optimizer.lr=3e-4`.
 """
 import ml_collections
@@ -215,6 +217,22 @@ def table2_row(config, row):
 
 ROW_PRESETS = tuple(f'row{row}' for row in TABLE2_ROWS)
 
+# The cheap pseudo-pair synthesis the cheap-cycles study recommends (docs/results/cheap_cycles,
+# docs/DESIGN_NOTES.md): at ITIT-B its step costs 1.44x the paired step's FLOPs (the paper's
+# 24 guided steps: 2.76x; `python -m benchmarks.cycle_flops --settings=paper,fast_cycles`), and
+# at the laptop level its quality was within 3 seeds' noise of the paper's synthesis.
+FAST_CYCLES = dict(synthesis_steps=4, guidance_scale=0.0, reuse=1)
+
+
+def fast_cycles(config):
+  """The `fast_cycles` preset: the cycles' pseudo pairs from FAST_CYCLES' synthesis instead of
+  the paper's. Losses, data and the rest of config.cycle stay as they are."""
+  config.cycle.update(FAST_CYCLES)
+
+
+# Presets every ITIT config file takes besides the rows and its own.
+SHARED_PRESETS = {'fast_cycles': fast_cycles}
+
 
 def get_itit_config(config, arg, config_file, extra_presets=None):
   """Applies `--config=FILE:ARG`'s presets to an ITIT config, in place; returns it.
@@ -224,12 +242,12 @@ def get_itit_config(config, arg, config_file, extra_presets=None):
     arg: the comma-separated presets: at most one table-2 row ('rowN', `table2_row`) plus any
       of `extra_presets`.
     config_file: the file as users name it, for messages.
-    extra_presets: {name: fn(config)} the file documents besides the rows, applied after the
-      row in the order given on the command line.
+    extra_presets: {name: fn(config)} the file documents besides the rows and SHARED_PRESETS;
+      these and the shared ones apply after the row, in the order given on the command line.
   Raises:
     ValueError: an unknown preset (listing the valid ones), or two rows.
   """
-  extra_presets = extra_presets or {}
+  extra_presets = {**SHARED_PRESETS, **(extra_presets or {})}
   if 'row4' in common.split_arg(arg):
     raise ValueError(f'{config_file}: table 2 row 4 adds the unpaired data AS PAIRS, a data '
                      'choice, not a preset (point data.paired at the merged pairs and use :row3)')

@@ -109,6 +109,17 @@ def test_two_rows_and_row_4_are_refused(name):
     _module(name).get_config('row4')
 
 
+@pytest.mark.parametrize('name', ITIT_FILES)
+def test_fast_cycles_changes_only_the_synthesis_and_composes_with_a_row(name):
+  default, fast = _module(name).get_config(), _module(name).get_config('fast_cycles')
+  assert {k: fast.cycle[k] for k in base.FAST_CYCLES} == base.FAST_CYCLES
+  default.cycle.update(base.FAST_CYCLES)
+  assert fast.to_dict() == default.to_dict()
+  row12 = _module(name).get_config('fast_cycles,row12')
+  assert _losses(row12) == EXPECTED_LOSSES[12]
+  assert {k: row12.cycle[k] for k in base.FAST_CYCLES} == base.FAST_CYCLES
+
+
 @pytest.mark.parametrize('name', [n for n in CONFIG_FILES if n not in ITIT_FILES])
 def test_files_that_are_not_itit_training_configs_refuse_rows(name):
   with pytest.raises(ValueError, match=rf'configs/{name}\.py'):

@@ -15,7 +15,9 @@ import pytest
 
 from benchmarks import benchmark
 from benchmarks import cycle_flops
+from configs import base
 from configs import tiny
+from configs import vit_b
 from itit.decoding import generate
 from itit.losses import registry
 from itit.models import flops
@@ -224,3 +226,13 @@ def test_cycle_flops_table_of_synthesis_settings(capsys):
     cycle_flops.main(['--settings=s4,s0'])
   assert exited.value.code == 2
   assert "setting 's0': use s<steps>" in capsys.readouterr().err
+
+
+def test_the_fast_cycles_preset_is_within_the_cost_target_at_itit_b():
+  """The preset's synthesis, named 'fast_cycles' in the FLOP table, keeps an ITIT-B row-14 step
+  at <= 1.5x the paired step's FLOPs (the cheap-cycles target); the paper's is 2.76x."""
+  assert cycle_flops.parse_setting('fast_cycles') == base.FAST_CYCLES
+  config = vit_b.get_config()
+  fast = cycle_flops.step_flops(config, 32, 'fast_cycles')
+  paper = cycle_flops.step_flops(config, 32, 'paper')
+  assert fast['ratio'] <= 1.5 < paper['ratio']
