@@ -891,6 +891,16 @@ def test_cheap_cycles_report_puts_cost_beside_quality(tmp_path):
   assert rows['synth_s4_r4'][8:10] == ['50.0 ± 0.0', '-10.0 ± 0.0 (0/3, p < 0.001)']
   assert rows['synth_paper'][6] == '–'
   assert (out / 'cost.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert "The `fast_cycles` preset of every ITIT config (configs/base.py) is synth_s4's" in readme
+
+
+def test_the_fast_cycles_preset_is_its_cells_synthesis():
+  """configs/base.py's FAST_CYCLES is exactly the synthesis of the study cell the report names."""
+  from configs import base  # pylint: disable=g-import-not-at-top
+  cell = {c.name: c for c in design.make_cells(plan.CELLS['cheap_cycles'])}[plan.FAST_CYCLES_CELL]
+  synthesis = {key.split('.')[1]: value for key, value in dict(cell.overrides).items()
+               if key.split('.')[1] in base.FAST_CYCLES}
+  assert synthesis == base.FAST_CYCLES
 
 
 def test_cheap_cycles_times_each_setting_once_and_reports_it(tmp_path):

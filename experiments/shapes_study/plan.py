@@ -208,6 +208,9 @@ CHEAP_CYCLE_CELLS = (
 )
 # The cell every cheap setting is compared with: quality within its seeds' noise is the bar.
 COST_REFERENCE = 'synth_paper'
+# The cell whose synthesis is every ITIT config's `fast_cycles` preset (configs/base.py's
+# FAST_CYCLES), chosen from this study's front.
+FAST_CYCLES_CELL = 'synth_s4'
 
 CELLS = {'laptop': LAPTOP_CELLS, 'standard': STANDARD_CELLS, 'cheap_cycles': CHEAP_CYCLE_CELLS}
 # --quick: these cells, one seed each.

@@ -116,6 +116,9 @@ def write_report(cells, paths) -> str:
               f'{plan.COST_REFERENCE} on the same seed (mean ± std, seeds ahead, paired '
               't-test\'s p) and the gap to the bound closed.\n\n' + cost_table
               + '\n![cost](cost.png)\n')
+    if any(c.name == plan.FAST_CYCLES_CELL for c in cells):
+      table += (f'\nThe `fast_cycles` preset of every ITIT config (configs/base.py) is '
+                f'{plan.FAST_CYCLES_CELL}\'s synthesis.\n')
   swept = any(c.name in results for c in sweep_cells)
   if swept:
     table += ('\n## Paired-fraction sweep\n\nRow 14 with more of the scenes paired (the rest '
