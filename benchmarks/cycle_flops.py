@@ -19,8 +19,8 @@ import argparse
 import re
 
 from benchmarks.benchmark import load_config
-from configs import base
 from benchmarks.benchmark import row_config
+from configs import base
 from itit.losses import registry
 
 DEFAULT_SETTINGS = ('paper,s24,s8g,s8,s4,s2,s24g_r2,s24g_r4,s24g_r8,s8_r2,s8_r4,s4_r2,s4_r4')
