@@ -370,6 +370,32 @@ def test_a_bad_level_is_one_error_line(tmp_path, capsys):
   assert 'laptop' in err and 'standard' in err
 
 
+@pytest.mark.parametrize('text', ['0', '6-4', 'x', '4-', '-2', '2-x'])
+def test_a_bad_seeds_argument_is_one_error_line(tmp_path, capsys, text):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(['--out', str(tmp_path), '--seeds', text, '--dry_run'])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and err.startswith('error: argument --seeds: ')
+  assert repr(text) in err and 'A-B' in err
+
+
+def test_seeds_are_a_count_or_a_range():
+  assert design.parse_seeds('3') == (1, 3) and design.parse_seeds(' 4-6 ') == (4, 6)
+  cells = design.make_cells(plan.CELLS['cheap_cycles'])
+  runs = design.plan_runs(cells, ['row3', 'synth_s4'], design.parse_seeds('4-6'))
+  # Seed by seed, every chosen cell at each seed, whatever the cells' own seed counts.
+  assert [r.name for r in runs] == [f'{c}-seed{s}' for s in (4, 5, 6) for c in ('row3', 'synth_s4')]
+  assert [r.name for r in design.plan_runs(cells, ['row3'], (2, 2))] == ['row3-seed2']
+  assert design.plan_runs(cells, ['row3'], 2) == design.plan_runs(cells, ['row3'], (1, 2))
+  lines = '\n'.join(dry_run(['--out', '/tmp/unused', '--level', 'cheap_cycles', '--cells',
+                              'synth_s4_r4', '--seeds', '5-6'])).splitlines()
+  trained = [line[2:].split(':')[0] for line in lines if line.startswith('# synth_s4_r4-seed')]
+  assert trained == ['synth_s4_r4-seed5', 'synth_s4_r4-seed6']
+  command = lines[lines.index(next(l for l in lines if l.startswith('# synth_s4_r4-seed6'))) + 1]
+  assert '--config.seed=6' in command and 'runs/synth_s4_r4-seed6' in command
+
+
 def test_a_warmup_after_the_last_step_is_refused_before_any_command(tmp_path):
   fake, lines = FakeCLIs(), []
   args = ['--out', str(tmp_path / 'out'), '--quick', '--cells', 'row3,row14_warmup']
@@ -892,6 +918,27 @@ def test_cheap_cycles_report_puts_cost_beside_quality(tmp_path):
   assert rows['synth_paper'][6] == '–'
   assert (out / 'cost.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert "The `fast_cycles` preset of every ITIT config (configs/base.py) is synth_s4's" in readme
+  assert 'minus the preset' not in readme  # no synth_s4 run yet
+  assert "Status: 12 of the plan's 24 runs are finished; re-running" in readme
+
+  # The preset's cell on seeds 1-3, and seed 4 of row 3 and of the preset (`--seeds 4-4`).
+  for seed in (1, 2, 3, 4):
+    write_cell(out, 'synth_s4', 14, 1.0, False, seed, exact(0.75, (0.5, 0.6, 0.6, 0.9)[seed - 1]),
+               240, 240)
+  write_cell(out, 'row3', 3, 0.0, False, 4, exact(0.5, 0.2), 0, 240)
+  with open(report.write_report(cells, paths)) as f:
+    readme = f.read()
+  table = readme.split('minus the preset (synth_s4)')[1].split('\n\n')[1]
+  rows = {line.split(' | ')[0][2:]: line.strip(' |').split(' | ') for line in table.splitlines()[2:]}
+  assert table.splitlines()[0] == '| cell | seeds | captions exact | drawings exact |'
+  # synth_s4_r4 against the preset: captions 0, -25, +25; drawings 0, -10, -10.
+  assert rows == {'synth_paper': ['synth_paper', '1,2,3', '+0.0 ± 0.0 (0/3, p 1)',
+                                  '+3.3 ± 5.8 (1/3, p 0.42)'],
+                  'synth_s4_r4': ['synth_s4_r4', '1,2,3', '+0.0 ± 25.0 (1/3, p 1)',
+                                  '-6.7 ± 5.8 (0/3, p 0.18)']}
+  assert ("Status: 15 of the plan's 24 runs are finished; re-running the command continues the "
+          "study where it stopped. Beyond the plan's seeds (`--seeds A-B`): row3 seeds 4; "
+          "synth_s4 seeds 4.") in readme
 
 
 def test_the_fast_cycles_preset_is_its_cells_synthesis():

@@ -23,10 +23,14 @@ Every finished run is kept as OUT/cells/<cell>-seed<k>.json (written atomically 
 evaluation) and never deleted: a re-run skips it; an interrupted run's training resumes from its
 last checkpoint. Logs of every step: WORK/logs/. CELLS, BUDGETS and LEVELS in plan.py are the
 whole plan. An OUT holds one level's study: its budget is recorded in OUT/study.json, and a run
-with another level or budget is refused rather than mixed with it.
+with another level or budget is refused rather than mixed with it. Runs pair seed by seed only
+when their shards come from the same VQGAN (its sha256 is in each cell JSON): if WORK and its
+VQGAN are lost, a new VQGAN's runs pair with each other only, so add whole seeds beyond the
+finished ones with `--seeds A-B` (e.g. `--seeds 4-6 --cells row3,synth_s4`).
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import functools
 import os
@@ -46,6 +50,13 @@ from itit.trainer import metric_writer
 duration = metric_writer.format_duration
 
 
+def _seeds(text):
+  try:
+    return design.parse_seeds(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parse_args(argv):
   parser = errors.ArgumentParser(prog=shlex.join(commands.STUDY_COMMAND),
                                  description=__doc__.split('\n\n')[0])
@@ -59,7 +70,9 @@ def parse_args(argv):
   parser.add_argument('--quick', action='store_true', help='the level\'s quick cells '
                       f'({plan.QUICK_CELLS["laptop"]} at the laptop level), 1 seed, small '
                       'budget: a smoke run of the level')
-  parser.add_argument('--seeds', type=int, help='seeds per cell (default: the plan\'s)')
+  parser.add_argument('--seeds', type=_seeds, help='N: seeds 1..N of each cell; A-B: seeds A..B '
+                      '(e.g. 4-6: more seeds on a new VQGAN; runs pair within one VQGAN only) '
+                      '(default: the plan\'s)')
   parser.add_argument('--cells', help='comma list of cell names (default: all)')
   parser.add_argument('--dry_run', action='store_true', help='print the plan and commands')
   parser.add_argument('--report_only', action='store_true', help='only rewrite the report')
@@ -75,7 +88,7 @@ def main(argv=None, runner=execute.run_command, log=print) -> int:
   names = (args.cells.split(',') if args.cells
            else (plan.QUICK_CELLS[args.level] if args.quick else None))
   try:
-    runs = design.plan_runs(cells, names, args.seeds or (1 if args.quick else None))
+    runs = design.plan_runs(cells, names, args.seeds or ((1, 1) if args.quick else None))
   except ValueError as e:
     fail(f'error: {e}')
     return 2
@@ -135,7 +148,9 @@ def main(argv=None, runner=execute.run_command, log=print) -> int:
          'its finished cells would be mixed with new ones. Use another --out, or delete its '
          'cells/, work/runs/ and study.json to start over.')
     return 1
-  drift = [f'{run.name}: {change}' for run in design.plan_runs(cells)
+  planned = design.plan_runs(cells)
+  checked = planned + [run for run in runs if run not in planned]  # and seeds beyond the plan's
+  drift = [f'{run.name}: {change}' for run in checked
            for change in commands.run_config_changes(run, paths, budget,
                                                      design.cell_counts(run.cell, budget),
                                                      bool(fid_source))]

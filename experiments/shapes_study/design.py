@@ -98,14 +98,32 @@ def make_cells(table) -> list[Cell]:
   return cells
 
 
-def plan_runs(cells, names=None, seeds: int | None = None) -> list[Run]:
-  """Runs of the chosen cells (all if `names` is empty), seeds 1..n, seed by seed: every cell's
-  seed 1 first, so a study cut short still has a whole table (fewer seeds), not a half one."""
+def parse_seeds(text: str) -> tuple[int, int]:
+  """`--seeds`: 'N' (seeds 1..N) or 'A-B' (seeds A..B, e.g. more seeds of a study whose VQGAN was
+  lost: the runs on a new one pair only with each other). Returns (first, last)."""
+  first, dash, last = text.strip().partition('-')
+  try:
+    bounds = (int(first), int(last)) if dash else (1, int(first))
+  except ValueError:
+    bounds = None
+  if bounds is None or not 1 <= bounds[0] <= bounds[1]:
+    raise ValueError(f'{text!r} is neither a count N (seeds 1..N) nor a range A-B with '
+                     '1 <= A <= B (e.g. 3 or 4-6)')
+  return bounds
+
+
+def plan_runs(cells, names=None, seeds: int | tuple[int, int] | None = None) -> list[Run]:
+  """Runs of the chosen cells (all if `names` is empty), seed by seed: every cell's first seed
+  first, so a study cut short still has a whole table (fewer seeds), not a half one. `seeds`:
+  None (each cell's own 1..cell.seeds), a count n (1..n) or a range (first, last)."""
   by_name = {cell.name: cell for cell in cells}
   unknown = [n for n in names or () if n not in by_name]
   if unknown:
     raise ValueError(f'--cells: unknown cell(s) {unknown}; the plan has {", ".join(by_name)}')
   chosen = [by_name[n] for n in names] if names else cells
+  if isinstance(seeds, tuple):
+    first, last = seeds
+    return [Run(cell, seed) for seed in range(first, last + 1) for cell in chosen]
   most = max((seeds or cell.seeds) for cell in chosen)
   return [Run(cell, seed) for seed in range(1, most + 1) for cell in chosen
           if seed <= (seeds or cell.seeds)]

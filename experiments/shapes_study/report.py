@@ -62,6 +62,25 @@ def cell_costs(cells, paths, level: str) -> dict:
   return costs
 
 
+def status_line(cells, runs) -> str:
+  """How many of the plan's runs (seeds 1..cell.seeds of each cell) are finished, and which
+  finished runs lie beyond the plan's seeds (`--seeds A-B`)."""
+  planned = {(c.name, seed) for c in cells for seed in range(1, c.seeds + 1)}
+  done = {(r['cell']['name'], r['seed']) for r in runs}
+  finished = len(planned & done)
+  line = (f'Status: {finished} of the plan\'s {len(planned)} runs are finished'
+          + ('.' if finished == len(planned) else
+             '; re-running the command continues the study where it stopped.'))
+  extra = {}
+  for name, seed in sorted(done - planned):
+    extra.setdefault(name, []).append(str(seed))
+  if extra:
+    line += (' Beyond the plan\'s seeds (`--seeds A-B`): '
+             + '; '.join(f'{name} seeds {",".join(seeds)}' for name, seeds in extra.items())
+             + '.')
+  return line
+
+
 def write_report(cells, paths) -> str:
   """table2.md, scaling.png and README.md in OUT from the kept results; returns README's path."""
   results = tables.load_results(paths.out)
@@ -119,6 +138,13 @@ def write_report(cells, paths) -> str:
     if any(c.name == plan.FAST_CYCLES_CELL for c in cells):
       table += (f'\nThe `fast_cycles` preset of every ITIT config (configs/base.py) is '
                 f'{plan.FAST_CYCLES_CELL}\'s synthesis.\n')
+      against_preset = tables.seed_differences_markdown(
+          [c for c in cells if c.name in costs], results, plan.FAST_CYCLES_CELL,
+          tuple((metric, label.replace(' %', ''), 100.0) for metric, label in tables.LEAD_METRICS))
+      if against_preset:
+        table += (f'\nEach synthesis setting minus the preset ({plan.FAST_CYCLES_CELL}) on the '
+                  'same seed and VQGAN, in points (mean ± std, seeds ahead, paired t-test\'s p): '
+                  'what a setting buys or loses against the preset.\n\n' + against_preset)
   swept = any(c.name in results for c in sweep_cells)
   if swept:
     table += ('\n## Paired-fraction sweep\n\nRow 14 with more of the scenes paired (the rest '
@@ -178,9 +204,7 @@ def write_report(cells, paths) -> str:
            f'{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}; '
            f'{len(runs)} runs, {sum(r["seconds"] for r in runs) / 60:.0f} min of training and '
            'evaluation (runs timed across a resume count their last part only).', '',
-           f'Status: {len(runs)} of the plan\'s {sum(c.seeds for c in cells)} runs are finished'
-           + ('.' if len(runs) >= sum(c.seeds for c in cells) else
-              '; re-running the command continues the study where it stopped.'), '',
+           status_line(cells, runs), '',
            '- [table2.md](table2.md): the table']
   if lead:
     lines.append('- [summary.png](summary.png): the lead plot')
