@@ -54,7 +54,8 @@ def model_config(size='B'):
       num_dropped=128,
       dropout=0.1,
       dtype='bfloat16',  # compute dtype; parameters stay float32
-      # jax.nn.dot_product_attention implementation: None (let JAX pick), 'xla' or 'cudnn'.
+      # jax.nn.dot_product_attention implementation: None (let JAX pick), 'xla' or 'cudnn'. On
+      # an H200 the row-14 step ran 1.9x slower with cuDNN than with XLA (docs/BENCHMARKS.md).
       attention_impl=ml_collections.config_dict.placeholder(str),
       # Activation recomputation in the backward pass: 'none', 'full' or 'dots' (keep the weight
       # matmuls' outputs). scan_layers: each stack as one nn.scan (faster compiles; its
