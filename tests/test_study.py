@@ -865,14 +865,14 @@ def test_cheap_cycles_dry_run_times_every_row14_cell(tmp_path):
   lines = dry_run(['--out', str(out), '--level', 'cheap_cycles'])
   text = '\n'.join(lines)
   benches = [line for line in lines if '-m benchmarks.benchmark ' in line]
-  assert len(benches) == 6  # each row-14 cell; rows 3 and all_paired are trained, not timed
+  assert len(benches) == 5  # each row-14 cell; rows 3 and all_paired are trained, not timed
   paper = next(line for line in benches if '--tag=_synth_paper ' in line)
   for flag_text in ('--config=configs/shapes.py:laptop', '--rows=3,14', '--batch=64',
                     '--steps=10', f'--out={out}/step_times/synth_paper.json',
                     '--config.cycle.synthesis_steps=24', '--config.cycle.guidance_scale=2.0',
                     '--config.cycle.reuse=1', '--config.cycle.t2i2t_trains_captioner=False'):
     assert flag_text in paper, flag_text
-  assert re.search(r'Plan: 24 runs, ~\d+h\d\dm estimated', text)
+  assert re.search(r'Plan: 21 runs, ~\d+h\d\dm estimated', text)
   quick = dry_run(['--out', str(out), '--level', 'cheap_cycles', '--quick'])
   assert sum('-m benchmarks.benchmark ' in line for line in quick) == 2
   assert all('--steps=2' in line for line in quick if '-m benchmarks.benchmark ' in line)
@@ -919,7 +919,7 @@ def test_cheap_cycles_report_puts_cost_beside_quality(tmp_path):
   assert (out / 'cost.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert "The `fast_cycles` preset of every ITIT config (configs/base.py) is synth_s4's" in readme
   assert 'minus the preset' not in readme  # no synth_s4 run yet
-  assert "Status: 12 of the plan's 24 runs are finished; re-running" in readme
+  assert "Status: 12 of the plan's 21 runs are finished; re-running" in readme
 
   # The preset's cell on seeds 1-3, and seed 4 of row 3 and of the preset (`--seeds 4-4`).
   for seed in (1, 2, 3, 4):
@@ -936,7 +936,7 @@ def test_cheap_cycles_report_puts_cost_beside_quality(tmp_path):
                                   '+3.3 ± 5.8 (1/3, p 0.42)'],
                   'synth_s4_r4': ['synth_s4_r4', '1,2,3', '+0.0 ± 25.0 (1/3, p 1)',
                                   '-6.7 ± 5.8 (0/3, p 0.18)']}
-  assert ("Status: 15 of the plan's 24 runs are finished; re-running the command continues the "
+  assert ("Status: 15 of the plan's 21 runs are finished; re-running the command continues the "
           "study where it stopped. Beyond the plan's seeds (`--seeds A-B`): row3 seeds 4; "
           "synth_s4 seeds 4.") in readme
 
@@ -987,3 +987,21 @@ def test_fixed_captioner_scaling_curve_runs_from_pairs_only_to_row14_critic():
   assert [(x, round(m, 6)) for x, m, _ in fixed] == [(0, 65.0), (12, 65.0), (120, 85.0)]
   assert [(x, round(m, 6)) for x, m, _ in itit] == [(0, 65.0), (120, 50.0)]
   assert [x for x, _, _ in pairs] == [0] and [(x, m) for x, m, _ in from_step0] == [(120, 40.0)]
+
+
+def test_status_line_counts_seeds_beyond_the_plan_only_when_every_cell_has_enough():
+  cells = design.make_cells(plan.CELLS['cheap_cycles'])
+  run = lambda name, seed: {'cell': {'name': name}, 'seed': seed}
+  # Seeds 1-3 of row3 and the bound; every other cell only on seeds 4-6 (another VQGAN).
+  runs = [run(c.name, seed) for c in cells for seed in (
+      (1, 2, 3) if c.name in ('row3', 'all_paired') else (4, 5, 6))]
+  line = report.status_line(cells, runs)
+  assert line.startswith("Status: 6 of the plan's 21 runs are finished; re-running")
+  assert 'synth_s2 seeds 4,5,6' in line
+  assert line.endswith('Counting those, every cell has at least its planned number of seeds.')
+  # One seed short anywhere: no such claim.
+  short = [r for r in runs if (r['cell']['name'], r['seed']) != ('synth_s2', 6)]
+  assert 'Counting those' not in report.status_line(cells, short)
+  # The plan done: a plain full stop, nothing more.
+  full = [run(c.name, seed) for c in cells for seed in (1, 2, 3)]
+  assert report.status_line(cells, full) == "Status: 21 of the plan's 21 runs are finished."

@@ -78,6 +78,10 @@ def status_line(cells, runs) -> str:
     line += (' Beyond the plan\'s seeds (`--seeds A-B`): '
              + '; '.join(f'{name} seeds {",".join(seeds)}' for name, seeds in extra.items())
              + '.')
+    # Seeds beyond the plan stand in for planned ones that can no longer pair (a lost VQGAN).
+    per_cell = {c.name: sum(name == c.name for name, _ in done) for c in cells}
+    if finished < len(planned) and all(per_cell[c.name] >= c.seeds for c in cells):
+      line += ' Counting those, every cell has at least its planned number of seeds.'
   return line
 
 
