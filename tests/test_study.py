@@ -255,11 +255,14 @@ def test_every_budget_override_is_a_config_field(mode, tmp_path):
   assert mode in plan.LEVELS[level]
   paths = commands.Paths(str(tmp_path), str(tmp_path / 'work'), str(tmp_path / 'vq'))
   # The laptop default budget takes its steps, lr and batches from the preset; it sets only
-  # seed-independent evaluation fields.
+  # seed-independent evaluation fields, and pins the weight decay its runs trained with.
   preset_steps = shapes_config.get_config(budget['level']).total_steps
   if mode == 'default':
-    assert sorted(budget['train']) == ['eval.evaluators', 'eval.shapes_splits']
+    assert sorted(budget['train']) == ['eval.evaluators', 'eval.shapes_splits',
+                                       'optimizer.weight_decay']
     assert not budget['fid'] and budget['train']['eval.shapes_splits'] == 'test'
+    assert budget['train']['optimizer.weight_decay'] == 0.0
+    assert shapes_config.get_config('laptop').optimizer.weight_decay == 1.0
   for run in design.plan_runs(design.make_cells(plan.CELLS[level]), seeds=1):
     counts = design.cell_counts(run.cell, budget)
     config = commands.train_config(run, paths, budget, counts)
@@ -320,11 +323,14 @@ def test_laptop_dry_run_names_the_laptop_presets(tmp_path):
   trains = [line for line in lines if '-m itit.train ' in line]
   assert len(trains) == 60
   assert all(re.search(r' --config=configs/shapes\.py:row\d+,laptop ', line) for line in trains)
-  # The preset sets steps, lr and batches; the budget adds only the evaluation it needs.
+  # The preset sets steps, lr and batches; the budget adds only the evaluation it needs and
+  # the weight decay its runs trained with.
   assert not any(f'--config.{field}' in line for line in trains
-                 for field in ('total_steps', 'optimizer', 'batch', 'eval.inception'))
+                 for field in ('total_steps', 'optimizer.lr', 'optimizer.name', 'batch',
+                               'eval.inception'))
   row3 = next(line for line in trains if 'runs/row3-seed5 ' in line)
-  assert row3.endswith('--config.eval.evaluators=shapes,cycle --config.eval.shapes_splits=test')
+  assert row3.endswith('--config.eval.evaluators=shapes,cycle --config.eval.shapes_splits=test '
+                       '--config.optimizer.weight_decay=0.0')
   half = shapes_config.get_config('laptop').total_steps // 2
   warmup = next(line for line in trains if 'runs/row14_warmup-seed3 ' in line)
   assert f' --config.cycle.start_step={half}' in warmup

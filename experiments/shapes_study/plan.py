@@ -41,6 +41,11 @@ LAPTOP_PAIRED_FRACTION = 0.5
 # (the level holds nothing out; compositional cells add 'novel_test', commands.train_overrides).
 # No FID: 96 test images of 9 tokens give no useful Inception statistics.
 _LAPTOP_EVAL = {'eval.evaluators': 'shapes,cycle', 'eval.shapes_splits': 'test'}
+# The laptop and cheap-cycles studies of 2026-12-03/04 trained without weight decay; the preset
+# has decayed at 1.0 since, which makes pairs alone at LAPTOP_PAIRED_FRACTION nearly as good as
+# the bound (docs/SHAPES.md). Their results stay reproducible and resumable with the old value
+# pinned until the laptop study moves to the new preset and a paired fraction chosen for it.
+_LAPTOP_STUDY_PINS = {'optimizer.weight_decay': 0.0}
 # The laptop prior: row 3 at batch 64 ran ~10 steps/s (~9.6 GFLOPs a step) on 2 busy cores, and
 # a run spent ~30 s outside its steps (start-up, compiling, the final evaluation).
 _LAPTOP_ESTIMATE = {'overhead_s': 35.0, 'gflops_per_s': 80.0}
@@ -51,7 +56,8 @@ _EVAL = {'eval.evaluators': 'shapes,cycle', 'eval.shapes_splits': 'test,heldout_
 BUDGETS = {
     'default': dict(
         level='laptop', vqgan_config='configs/vqgan_shapes.py:laptop', vqgan={},
-        paired_fraction=LAPTOP_PAIRED_FRACTION, prepare={}, train=dict(_LAPTOP_EVAL),
+        paired_fraction=LAPTOP_PAIRED_FRACTION, prepare={},
+        train={**_LAPTOP_EVAL, **_LAPTOP_STUDY_PINS},
         fid=False,
         sample=_LAPTOP_SAMPLE,
         estimate=_LAPTOP_ESTIMATE),
@@ -61,7 +67,7 @@ BUDGETS = {
         level='laptop', vqgan_config='configs/vqgan_shapes.py:laptop',
         vqgan={'total_steps': 800},
         paired_fraction=LAPTOP_PAIRED_FRACTION, prepare={},
-        train={'total_steps': 300, **_LAPTOP_EVAL},
+        train={'total_steps': 300, **_LAPTOP_EVAL, **_LAPTOP_STUDY_PINS},
         fid=False,
         sample={**_LAPTOP_SAMPLE, 'cycle': 2},
         estimate=_LAPTOP_ESTIMATE),
