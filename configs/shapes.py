@@ -96,7 +96,7 @@ def _laptop(config):
   # Decoupled weight decay 1.0 (optax's, times the learning rate): every test scene is a
   # placement no training scene has, and without decay the model memorised looks with their
   # training places (the bound captioned 93.8-97.9% with region errors; with it 97.9-99.0%, and
-  # pairs alone at half the scenes drew 81-85% instead of 15-24%; docs/SHAPES.md). Dropout 0.1
+  # pairs alone at half the scenes drew 81-89% instead of 15-34%; docs/SHAPES.md). Dropout 0.1
   # instead kept T2I on its plateau (1% drawn).
   config.optimizer.update(dict(name='adamw', lr=1e-3, b2=0.99, weight_decay=1.0,
                                warmup_steps=50))
