@@ -136,15 +136,13 @@ def test_laptop_plan_has_the_issue_cells():
   assert itit_points == pair_points == [0.1, 0.3, 1.0]
   comp = {n: (c.row, c.extra, c.as_pairs, c.dataset) for n, c in cells.items() if c.compositional}
   assert comp == dict(row3_comp=(3, 0.0, False, 'compositional'),
-                      row14_comp=(14, 1.0, False, 'compositional'),
-                      row14_critic_comp=(14, 1.0, False, 'compositional'))
-  assert cells['row14_critic_comp'].overrides == cells['row14_critic'].overrides
+                      row14_comp=(14, 1.0, False, 'compositional'))
   assert not any(c.paired_fraction for c in cells.values())
   # The variant that keeps T2I2T off the captioner, beside the paper's row 14.
   assert (cells['row14_critic'].row, cells['row14_critic'].overrides) == (
       14, (('cycle.t2i2t_trains_captioner', False),))
   runs = design.plan_runs(list(cells.values()))
-  assert len(runs) == 3 * 5 + 15 * 3
+  assert len(runs) == 3 * 5 + 12 * 3
   assert [r.name for r in runs[-6:]] == ['row3-seed4', 'row14-seed4', 'all_paired-seed4',
                                          'row3-seed5', 'row14-seed5', 'all_paired-seed5']
   quick = design.plan_runs(list(cells.values()), plan.QUICK_CELLS['laptop'], 1)
@@ -251,23 +249,31 @@ def test_estimate_counts_warmup_steps_without_the_cycles(level, tmp_path):
 @pytest.mark.parametrize('mode', sorted(plan.BUDGETS))
 def test_every_budget_override_is_a_config_field(mode, tmp_path):
   budget = plan.BUDGETS[mode]
-  level = budget['level'] or 'standard'
-  assert mode in plan.LEVELS[level]
+  # The study level that uses the budget (each budget belongs to one).
+  [level] = [name for name, budgets in plan.LEVELS.items() if mode in budgets]
   paths = commands.Paths(str(tmp_path), str(tmp_path / 'work'), str(tmp_path / 'vq'))
-  # The laptop default budget takes its steps, lr and batches from the preset; it sets only
-  # seed-independent evaluation fields, and pins the weight decay its runs trained with.
+  # The laptop budgets take steps, lr, batches and weight decay from the preset; they set only
+  # seed-independent evaluation fields. The cheap-cycles study pins the weight decay it ran
+  # with, before the preset decayed.
   preset_steps = shapes_config.get_config(budget['level']).total_steps
   if mode == 'default':
-    assert sorted(budget['train']) == ['eval.evaluators', 'eval.shapes_splits',
-                                       'optimizer.weight_decay']
+    assert sorted(budget['train']) == ['eval.evaluators', 'eval.shapes_splits']
     assert not budget['fid'] and budget['train']['eval.shapes_splits'] == 'test'
-    assert budget['train']['optimizer.weight_decay'] == 0.0
+    assert budget['paired_fraction'] == plan.LAPTOP_PAIRED_FRACTION == 0.35
     assert shapes_config.get_config('laptop').optimizer.weight_decay == 1.0
+  if level == 'cheap_cycles':
+    assert budget['train']['optimizer.weight_decay'] == 0.0
+    assert budget['paired_fraction'] == plan.CHEAP_CYCLES_PAIRED_FRACTION == 0.5
+    laptop = plan.BUDGETS[{'cheap_cycles': 'default', 'cheap_cycles_quick': 'quick'}[mode]]
+    differ = ('train', 'paired_fraction')
+    assert ({k: v for k, v in budget.items() if k not in differ}
+            == {k: v for k, v in laptop.items() if k not in differ})
+    assert budget['train'] == {**laptop['train'], 'optimizer.weight_decay': 0.0}
   for run in design.plan_runs(design.make_cells(plan.CELLS[level]), seeds=1):
     counts = design.cell_counts(run.cell, budget)
     config = commands.train_config(run, paths, budget, counts)
     assert config.total_steps == budget['train'].get('total_steps', preset_steps)
-    assert config.model.image_grid == (3 if level == 'laptop' else 8)
+    assert config.model.image_grid == (3 if budget['level'] == 'laptop' else 8)
     assert commands.estimated_seconds(run, paths, budget, counts) > budget['estimate']['overhead_s']
   from configs import vqgan_shapes  # pylint: disable=g-import-not-at-top
   arg = budget['vqgan_config'].partition(':')[2]
@@ -310,7 +316,7 @@ def test_laptop_dry_run_names_the_laptop_presets(tmp_path):
   out = tmp_path / 'out'
   lines = dry_run(['--out', str(out)])
   text = '\n'.join(lines)
-  assert re.search(r'Plan: 60 runs, ~\d+h\d\dm estimated', text)
+  assert re.search(r'Plan: 51 runs, ~\d+h\d\dm estimated', text)
   assert "Level: laptop (budget 'default'); data: {'num_train': 480, " in text
   fraction = plan.LAPTOP_PAIRED_FRACTION
   assert text.count('-m itit.train_tokenizer --config=configs/vqgan_shapes.py:laptop ') == 1
@@ -321,27 +327,27 @@ def test_laptop_dry_run_names_the_laptop_presets(tmp_path):
   assert f'--out_dir={out}/work/data_compositional ' in comp_prepare
   assert f'--config.text_tokenizer={out}/work/data_mixed/spiece.model' in comp_prepare
   trains = [line for line in lines if '-m itit.train ' in line]
-  assert len(trains) == 60
+  assert len(trains) == 51
   assert all(re.search(r' --config=configs/shapes\.py:row\d+,laptop ', line) for line in trains)
-  # The preset sets steps, lr and batches; the budget adds only the evaluation it needs and
-  # the weight decay its runs trained with.
+  # The preset sets steps, lr, batches and weight decay; the budget adds only the evaluation
+  # it needs.
   assert not any(f'--config.{field}' in line for line in trains
                  for field in ('total_steps', 'optimizer.lr', 'optimizer.name', 'batch',
                                'eval.inception'))
   row3 = next(line for line in trains if 'runs/row3-seed5 ' in line)
-  assert row3.endswith('--config.eval.evaluators=shapes,cycle --config.eval.shapes_splits=test '
-                       '--config.optimizer.weight_decay=0.0')
+  assert row3.endswith('--config.eval.evaluators=shapes,cycle --config.eval.shapes_splits=test')
+  assert not any('weight_decay' in line for line in trains)
   half = shapes_config.get_config('laptop').total_steps // 2
   warmup = next(line for line in trains if 'runs/row14_warmup-seed3 ' in line)
   assert f' --config.cycle.start_step={half}' in warmup
   itit_u10 = next(line for line in trains if 'runs/itit_u10-seed1 ' in line)
   unpaired = round(0.1 * design.data_counts(plan.BUDGETS['default'])['unpaired_image'])
   assert f'--config.data.max_records.unpaired_image={unpaired}' in itit_u10
-  for name in ('row3_comp', 'row14_comp', 'row14_critic_comp'):
+  for name in ('row3_comp', 'row14_comp'):
     line = next(line for line in trains if f'runs/{name}-seed3 ' in line)
     assert f'--config.data.dir={out}/work/data_compositional ' in line
     assert '--config.eval.shapes_splits=test,novel_test' in line
-  assert sum('novel_test' in line for line in trains) == 9
+  assert sum('novel_test' in line for line in trains) == 6
   assert '--num_steps=4' in next(line for line in lines if '-m itit.sample' in line)
   assert not out.exists()
 
@@ -641,7 +647,7 @@ def test_report_shows_the_novel_looks_of_the_compositional_cells(tmp_path):
   # The title names the level and dates the results by their runs' days.
   assert text.startswith('# The shapes-world study: the laptop level, runs of 2026-11-21 to '
                          '2026-11-23\n')
-  assert 'Status: 8 of the plan\'s 60 runs are finished' in text
+  assert 'Status: 8 of the plan\'s 51 runs are finished' in text
   assert f'--out {out}`' in text  # the laptop level needs no flag
   half = shapes_config.get_config('laptop').total_steps // 2
   assert f'(ITIT: cycles from step {half}, ' in text
@@ -851,7 +857,8 @@ def test_report_leads_with_one_table_one_plot_and_the_gap_closed(tmp_path):
 
 def test_cheap_cycles_plan_measures_each_setting_against_the_papers():
   cells = {c.name: c for c in design.make_cells(plan.CELLS['cheap_cycles'])}
-  assert plan.LEVELS['cheap_cycles'] == plan.LEVELS['laptop']  # the laptop budget and data
+  # The laptop level's world and budget, at 50% pairs without weight decay (its runs' recipe).
+  assert plan.LEVELS['cheap_cycles'] == ('cheap_cycles', 'cheap_cycles_quick')
   synthesis = {n: {k: v for k, v in c.overrides if k != 'cycle.t2i2t_trains_captioner'}
                for n, c in cells.items() if c.row == 14}
   assert synthesis['synth_paper'] == {'cycle.synthesis_steps': 24, 'cycle.guidance_scale': 2.0,
@@ -980,9 +987,11 @@ def test_cheap_cycles_times_each_setting_once_and_reports_it(tmp_path):
 
 
 def test_fixed_captioner_scaling_curve_runs_from_pairs_only_to_row14_critic():
-  cells = {c.name: c for c in laptop_cells()}
-  assert [(cells[n].extra, cells[n].overrides) for n in ('critic_u10', 'critic_u30')] == [
-      (0.1, plan.FIXED_CAPTIONER), (0.3, plan.FIXED_CAPTIONER)]
+  # The study at 50% pairs ran this curve's 10% point (critic_u10); the plan has it no more,
+  # but a plan that names such a cell draws it.
+  cells = {c.name: c for c in laptop_cells() + design.make_cells([(
+      'critic_u10', 14, 0.1, False, 3, 'row14_critic with 10% of the unpaired scenes',
+      plan.FIXED_CAPTIONER)])}
   run = lambda seed, value, extra: {'seed': seed, 'extra_scenes': extra,
                                     'metrics': {'shapes/i2t_exact': value}}
   results = {'row3': [run(1, 0.6, 0), run(2, 0.7, 0)], 'critic_u10': [run(1, 0.65, 12)],
