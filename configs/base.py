@@ -152,6 +152,12 @@ def paper_config(size='B'):
       reuse=1,
       # Stop the gradient after the encoder's first forward pass in each cycle (appendix B).
       stop_first_encoder_grad=True,
+      # Not in the paper (1.0: the cycles train the joint encoder as the paired losses do): the
+      # gradient the cycle losses give the joint encoder's own parameters is scaled by this
+      # (0: only the decoders and the text encoder learn from unpaired data; the signal still
+      # passes through the encoder to them). At the laptop level the cycles' T2I passes pull
+      # the encoder that captioning shares across captioning's direction (docs/SHAPES.md).
+      encoder_grad_scale=1.0,
       # Not in the paper (0: cycles from the first step): the cycle losses join at this step,
       # the steps before it train on the other losses only and skip the synthesis. For short
       # runs, whose early pseudo pairs are noise (docs/results/ANALYSIS.md).

@@ -141,6 +141,44 @@ def test_t2i2t_with_a_fixed_captioner_trains_only_t2i_through_it(setup):
     np.testing.assert_allclose(critic[name], paper[name], rtol=1e-5, atol=1e-8, err_msg=name)
 
 
+def test_cycle_encoder_grad_scale_scales_only_the_joint_encoders_own_gradient(setup):
+  """cycle.encoder_grad_scale: the loss is the same; every part but the joint encoder gets the
+  paper's gradient; the encoder's own parameters get `scale` times theirs (none at 0), except
+  the image-token table's share through the image decoder's head."""
+  config, model, params, images, texts = setup
+
+  def grads(cycle_fn, inputs, scale):
+    cfg = copy.deepcopy(config)
+    cfg.cycle.encoder_grad_scale = scale
+    loss = lambda p: cycle_fn(p, *inputs, jax.random.PRNGKey(7), model=model, config=cfg)[0]
+    value, grad = jax.value_and_grad(loss)(params)
+    return float(value), {name: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+                          for name, tree in grad.items()}
+
+  encoder = {name for name in params if itit.part_of(name) == 'encoder'}
+  own = encoder - {'encoder_image_embedding'}  # the table is also the image decoder's head
+  for cycle_fn, inputs, scales in ((cycles.i2t2i_cycle, (images, texts), (1.0, 0.5, 0.0)),
+                                   (cycles.t2i2t_cycle, (texts, images), (1.0, 0.0))):
+    results = {scale: grads(cycle_fn, inputs, scale) for scale in scales}
+    paper_loss, paper = results[1.0]
+    _, none = results[0.0]
+    assert {scale: loss for scale, (loss, _) in results.items()} == dict.fromkeys(scales,
+                                                                                 paper_loss)
+    assert all(np.abs(paper[name]).max() > 0 for name in own), cycle_fn.__name__
+    for name in params:
+      if name in own:
+        np.testing.assert_array_equal(none[name], 0.0, err_msg=name)
+      elif name not in encoder:
+        np.testing.assert_allclose(none[name], paper[name], rtol=1e-5, atol=1e-8, err_msg=name)
+    if 0.5 in results:
+      half = results[0.5][1]
+      for name in encoder:  # linear in the scale: the head's share plus scale x the encoder's
+        np.testing.assert_allclose(half[name], (paper[name] + none[name]) / 2, rtol=1e-4,
+                                   atol=1e-7, err_msg=name)
+      # I2T2I's reconstruction reads the table through the image decoder's head as well.
+      assert np.abs(none['encoder_image_embedding']).max() > 0
+
+
 def test_i2t2i_gradient_flow(setup):
   config, model, params, images, texts = setup
   check_cycle_gradient_flow(cycles.i2t2i_cycle, 'loss__unpaired_image_loss', 'i2t2i',

@@ -20,6 +20,10 @@ Choices the paper leaves open, made here:
   encoder (and the text encoder under it) learns only from the second pass. Parameters the
   first pass shares with a decoder (the image-token table, tied to the image decoder's head)
   still learn through that decoder.
+- Not in the paper, 1.0 by default: config.cycle.encoder_grad_scale scales the gradient the
+  cycles give the joint encoder's own parameters in every encoder pass of a cycle (the signal
+  still passes through the encoder to the decoders and the text encoder). The image-token table
+  is also the image decoder's head: through the head it learns at full scale.
 - The I2T pass of T2I2T keeps eq. (1)'s smaller encoder gradient (loss.i2t_encoder_grad_scale)
   on the encoder's PARAMETERS only: scaling the features instead would also scale the gradient
   reaching the reconstructed image Ĩ, i.e. the image decoder's whole cycle signal.
@@ -40,6 +44,7 @@ from itit.decoding import generate
 from itit.losses import common
 from itit.models.itit import apply_method
 from itit.models.itit import ITIT
+from itit.models.itit import part_of
 from itit.models.token_ids import EOS_ID
 from itit.models.token_ids import PAD_ID
 
@@ -64,6 +69,16 @@ def _scale_encoder_gradient(params, scale):
   """Every parameter outside the text decoder with its gradient times `scale` (eq. 1)."""
   return {name: (subtree if name.startswith('text_decoder')
                  else jax.tree.map(lambda p: common.scale_gradient(p, scale), subtree))
+          for name, subtree in params.items()}
+
+
+def _scale_joint_encoder_gradient(params, scale):
+  """`params` with the joint encoder's parameters' gradient times `scale`
+  (config.cycle.encoder_grad_scale); `params` itself at scale 1."""
+  if scale == 1.0:
+    return params
+  return {name: (jax.tree.map(lambda p: common.scale_gradient(p, scale), subtree)
+                 if part_of(name) == 'encoder' else subtree)
           for name, subtree in params.items()}
 
 
@@ -110,7 +125,8 @@ def t2i2t_cycle(params, text_ids, pseudo_image, rng, *, model, config, determini
   """
   c = config.cycle
   half = config.loss.unpaired_text_loss == 't2i2t_half'
-  first_params = params if first_pass_params is None else first_pass_params
+  first_params = _scale_joint_encoder_gradient(
+      params if first_pass_params is None else first_pass_params, c.encoder_grad_scale)
   batch, num_tokens = pseudo_image.shape
   (mask_rng, text_rng, encode_rng, image_rng, gumbel_rng, second_mask_rng, second_encode_rng,
    decode_rng) = jax.random.split(rng, 8)
@@ -133,7 +149,9 @@ def t2i2t_cycle(params, text_ids, pseudo_image, rng, *, model, config, determini
   # get no gradient, which still reaches Ĩ (the image decoder) through its inputs.
   captioner_params = (params if c.t2i2t_trains_captioner
                       else jax.lax.stop_gradient(params))
-  i2t_params = _scale_encoder_gradient(captioner_params, config.loss.i2t_encoder_grad_scale)
+  i2t_params = _scale_joint_encoder_gradient(
+      _scale_encoder_gradient(captioner_params, config.loss.i2t_encoder_grad_scale),
+      c.encoder_grad_scale)
   second_encoded = apply_method(model, i2t_params, second_encode_rng, ITIT.encode, reconstructed,
                                 second_mask, deterministic=deterministic)
   text_logits = apply_method(model, captioner_params, decode_rng, ITIT.decode_text,
@@ -184,7 +202,9 @@ def i2t2i_cycle(params, image_tokens, pseudo_text, rng, *, model, config, determ
     (loss, metrics).
   """
   half = config.loss.unpaired_image_loss == 'i2t2i_half'
-  first_params = params if first_pass_params is None else first_pass_params
+  encoder_scale = config.cycle.encoder_grad_scale
+  first_params = _scale_joint_encoder_gradient(
+      params if first_pass_params is None else first_pass_params, encoder_scale)
   batch, num_tokens = image_tokens.shape
   mask_rng, encode_rng, decode_rng, text_rng, second_mask_rng, second_encode_rng, image_rng = (
       jax.random.split(rng, 7))
@@ -207,8 +227,9 @@ def i2t2i_cycle(params, image_tokens, pseudo_text, rng, *, model, config, determ
                                deterministic=deterministic)
 
   second_mask, num_dropped = common.t2i_image_mask(second_mask_rng, batch, num_tokens, config)
-  second_encoded = apply_method(model, params, second_encode_rng, ITIT.encode, image_tokens,
-                                second_mask, text_features, text_mask, deterministic=deterministic,
+  second_encoded = apply_method(model, _scale_joint_encoder_gradient(params, encoder_scale),
+                                second_encode_rng, ITIT.encode, image_tokens, second_mask,
+                                text_features, text_mask, deterministic=deterministic,
                                 num_dropped=num_dropped)
   image_logits = apply_method(model, params, image_rng, ITIT.decode_image, second_encoded,
                               deterministic=deterministic)

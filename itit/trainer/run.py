@@ -43,6 +43,7 @@ LATER_FIELDS = {
     'cycle.sample_temperature': 1.0,
     'cycle.t2i2t_trains_captioner': True,
     'cycle.reuse': 1,
+    'cycle.encoder_grad_scale': 1.0,
 }
 
 
