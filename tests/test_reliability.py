@@ -318,6 +318,8 @@ def test_unknown_config_field_is_one_error_line(data_dir, tmp_path):
     ({'cycle.gumbel_strength': -1.0}, errors.UserError,
      r'cycle\.gumbel_strength=-1\.0: must be >= 0 \(0 = off\)'),
     ({'cycle.synthesis_steps': 0}, errors.UserError, r'cycle\.synthesis_steps=0: must be >= 1'),
+    ({'cycle.encoder_grad_scale': -0.5}, errors.UserError,
+     r'cycle\.encoder_grad_scale=-0\.5: must be >= 0 \(1: the cycles train the joint encoder'),
     ({'cycle.reuse': 0}, errors.UserError,
      r'cycle\.reuse=0: must be a whole number of steps >= 1 \(1: a fresh pseudo pair every'),
     ({'data.dir': '/nonexistent/shards'}, errors.MissingFileError,

@@ -145,7 +145,7 @@ LAPTOP_CELLS = (
     # As many seeds as rows 3 and 14: the gap-closed fraction pairs the three per seed.
     ('all_paired', 3, 1.0, True, 5, 'upper bound: every training scene as a pair'),
     # Figure 5, as at the standard level below. The study at 50% pairs (docs/results/
-    # laptop_2026-12-03_wd0) also ran the curve for row14_critic and row14_critic on the
+    # laptop_2026-12-04_wd0) also ran the curve for row14_critic and row14_critic on the
     # compositional data; they left the plan to fit it into 6 hours on 2 cores.
     ('itit_u10', 14, 0.1, False, 3,
      f'ITIT (cycles from step {_laptop_step}) with 10% of the unpaired scenes', LAPTOP_WARMUP),

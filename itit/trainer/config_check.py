@@ -148,6 +148,9 @@ def check_cycle(cycle) -> None:
   for name in ('temperature', 'guidance_scale', 'gumbel_strength'):
     if not cycle[name] >= 0:
       raise errors.UserError(f'cycle.{name}={cycle[name]}: must be >= 0 (0 = off)')
+  if not cycle.get('encoder_grad_scale', 1.0) >= 0:
+    raise errors.UserError(f'cycle.encoder_grad_scale={cycle.encoder_grad_scale}: must be >= 0 '
+                           '(1: the cycles train the joint encoder, the paper; 0: they do not)')
   if isinstance(cycle.reuse, bool) or not isinstance(cycle.reuse, int) or cycle.reuse < 1:
     raise errors.UserError(f'cycle.reuse={cycle.reuse!r}: must be a whole number of steps >= 1 '
                            '(1: a fresh pseudo pair every step, the paper)')
