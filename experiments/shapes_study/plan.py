@@ -73,22 +73,6 @@ BUDGETS = {
         fid=False,
         sample={**_LAPTOP_SAMPLE, 'cycle': 2},
         estimate=_LAPTOP_ESTIMATE),
-    # The cheap-cycles study: the laptop level at 50% pairs without weight decay (above).
-    'cheap_cycles': dict(
-        level='laptop', vqgan_config='configs/vqgan_shapes.py:laptop', vqgan={},
-        paired_fraction=CHEAP_CYCLES_PAIRED_FRACTION, prepare={},
-        train={**_LAPTOP_EVAL, **_NO_WEIGHT_DECAY},
-        fid=False,
-        sample=_LAPTOP_SAMPLE,
-        estimate=_LAPTOP_ESTIMATE),
-    'cheap_cycles_quick': dict(
-        level='laptop', vqgan_config='configs/vqgan_shapes.py:laptop',
-        vqgan={'total_steps': 800},
-        paired_fraction=CHEAP_CYCLES_PAIRED_FRACTION, prepare={},
-        train={'total_steps': 300, **_LAPTOP_EVAL, **_NO_WEIGHT_DECAY},
-        fid=False,
-        sample={**_LAPTOP_SAMPLE, 'cycle': 2},
-        estimate=_LAPTOP_ESTIMATE),
     'standard': dict(
         level='', vqgan_config='configs/vqgan_shapes.py', vqgan={},
         paired_fraction=0.02, prepare={},
@@ -118,6 +102,16 @@ BUDGETS = {
         sample={'cycle': 2, 'num_steps': 4, 'beam_size': 1},
         estimate={'overhead_s': 100.0, 'gflops_per_s': 50.0}),
 }
+
+
+def _cheap_cycles_budget(laptop_budget):
+  """A laptop budget as the cheap-cycles study ran it: 50% pairs, no weight decay (above)."""
+  return dict(laptop_budget, paired_fraction=CHEAP_CYCLES_PAIRED_FRACTION,
+              train={**laptop_budget['train'], **_NO_WEIGHT_DECAY})
+
+
+BUDGETS['cheap_cycles'] = _cheap_cycles_budget(BUDGETS['default'])
+BUDGETS['cheap_cycles_quick'] = _cheap_cycles_budget(BUDGETS['quick'])
 
 # The cycle warm-up (design.cycle_warmup says why): the cycles join halfway through training.
 LAPTOP_WARMUP = design.cycle_warmup(shapes_config.get_config('laptop').total_steps // 2)
