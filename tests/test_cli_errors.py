@@ -108,6 +108,12 @@ CASES = {
         'has no checkpoint of step 5', []),
     'tools.loss_gradients: workdir without checkpoint': (
         ['-m', 'tools.loss_gradients', '--workdir={nockpt}'], 'holds no checkpoint', []),
+    'tools.pseudo_pairs: --steps the run does not keep': (
+        ['-m', 'tools.pseudo_pairs', '--workdir={run}', '--steps=5'],
+        'has no checkpoint at step(s) [5]; it keeps [3]', []),
+    'tools.pseudo_pairs: data without unpaired splits': (
+        ['-m', 'tools.pseudo_pairs', '--workdir={run}', '--out={case}/p.json'],
+        'unpaired_image does not exist: pass --data_dir', ['p.json']),
     'tools.convert_inception: input that does not exist': (
         ['-m', 'tools.convert_inception', '--input={case}/nope.pt', '--output={case}/o.npz'],
         'nope.pt', ['o.npz']),

@@ -63,12 +63,16 @@ def with_later_fields(saved: dict) -> dict:
   return merged
 
 
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training workdir trained with (its config.json, `with_later_fields`)."""
+  with open(os.path.join(workdir, 'config.json')) as f:
+    return ml_collections.ConfigDict(with_later_fields(json.load(f)))
+
+
 def load_run(workdir: str, step: int | None = None):
   """(config, model, full params, step) of a training workdir's checkpoint."""
   check_workdir(workdir, step)
-  config_path = os.path.join(workdir, 'config.json')
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(with_later_fields(json.load(f)))
+  config = load_config(workdir)
   params, step = checkpointing.load_params(workdir, step)
   if config.model.text_encoder.kind == 't5':  # the frozen encoder is not in the checkpoint
     frozen = t5_loader.load_t5_params(config.model.text_encoder.path,
