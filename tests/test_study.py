@@ -61,6 +61,10 @@ class FakeCLIs:
     elif module == 'itit.sample':
       os.makedirs(flag(command, 'out'), exist_ok=True)
       Image.new('RGB', (400, 300)).save(os.path.join(flag(command, 'out'), 'cycle.png'))
+    elif module == 'tools.pseudo_pairs':
+      with open(flag(command, 'out'), 'w') as f:
+        json.dump({'rows': [{'step': 100, 'pseudo_caption/exact': 0.5,
+                             'pseudo_image/exact': 0.25}]}, f)
     elif module == 'benchmarks.benchmark':
       os.makedirs(os.path.dirname(flag(command, 'out')), exist_ok=True)
       with open(flag(command, 'out'), 'w') as f:
@@ -481,7 +485,10 @@ def test_runs_resume_and_never_touch_finished_cells(tmp_path):
   assert fake.trained() == ['row14-seed1', 'all_paired-seed1']
   # The chains are drawn as soon as rows 3 and 14 are finished, before the runs after them.
   modules = [c[2] if c[1] == '-m' else os.path.basename(c[1]) for c in fake.commands]
-  assert modules[-4:] == ['itit.train', 'itit.sample', 'itit.sample', 'itit.train']
+  # all_paired's interrupted workdir has checkpoints, so its pseudo pairs are scored after it.
+  assert modules[-5:] == ['itit.train', 'itit.sample', 'itit.sample', 'itit.train',
+                          'tools.pseudo_pairs']
+  assert flag(fake.commands[-1], 'data_dir') == str(out / 'work' / 'data_mixed')
   assert not any('itit.train_tokenizer' in c for c in fake.commands)  # --vqgan reuses one
   assert json.loads(kept.read_text()) == finished
   row14 = json.loads((out / 'cells' / 'row14-seed1.json').read_text())
@@ -489,7 +496,9 @@ def test_runs_resume_and_never_touch_finished_cells(tmp_path):
   assert row14['step'] == 300 and row14['extra_scenes'] == 480 - round(plan.LAPTOP_PAIRED_FRACTION * 480) and row14['timed']
   assert row14['paired_records'] == design.data_counts(plan.BUDGETS['quick'])['paired']
   assert row14['image_tokenizer'] == 'sha-of-vqgan'  # the manifest of the shards it read
-  assert not json.loads((out / 'cells' / 'all_paired-seed1.json').read_text())['timed']
+  all_paired = json.loads((out / 'cells' / 'all_paired-seed1.json').read_text())
+  assert not all_paired['timed'] and all_paired['pseudo_pairs'][0]['pseudo_image/exact'] == 0.25
+  assert row14['pseudo_pairs'] is None  # the fake trainer leaves no checkpoints to score
   assert (out / 'samples' / 'row14-seed1_shapes_t2i.png').is_file()
   assert (out / 'cycle_chain.png').is_file()
   for name in ('README.md', 'table2.md', 'scaling.png', 'study.json'):
@@ -509,6 +518,66 @@ def test_runs_resume_and_never_touch_finished_cells(tmp_path):
   third = FakeCLIs()
   assert cli.main(args, runner=third, log=quiet) == 0
   assert third.commands == [] and (out / 'cells' / 'row14-seed1.json').is_file()
+
+
+def test_pseudo_pairs_are_scored_once_backfilled_and_never_stop_the_study(tmp_path):
+  out = tmp_path / 'out'
+  vqgan = tmp_path / 'vqgan'
+  vqgan.mkdir()
+  args = ['--out', str(out), '--quick', '--vqgan', str(vqgan), '--cells', 'row3']
+  # row3-seed1 finished before the study scored pseudo pairs; its checkpoints are still here.
+  earlier = dict(cell=dict(name='row3', row=3, extra=0.0, as_pairs=False, seeds=3,
+                           what='pairs only'), seed=1, run='row3-seed1', step=300, seconds=5.0,
+                 timed=True, metrics={'shapes/i2t_exact': 0.25}, extra_scenes=0,
+                 paired_records=40)
+  kept = out / 'cells' / 'row3-seed1.json'
+  kept.parent.mkdir(parents=True)
+  kept.write_text(json.dumps(earlier))
+  (out / 'work' / 'runs' / 'row3-seed1' / 'checkpoints').mkdir(parents=True)
+  lines, fake = [], FakeCLIs()
+  assert cli.main(args, runner=fake, log=lambda *a, **k: lines.append(a[0])) == 0
+  assert [c[2] for c in fake.commands if c[1] == '-m'] == ['itit.prepare', 'tools.pseudo_pairs']
+  assert json.loads(kept.read_text()) == dict(earlier, pseudo_pairs=[
+      {'step': 100, 'pseudo_caption/exact': 0.5, 'pseudo_image/exact': 0.25}])
+  assert any(line.endswith('its pseudo pairs scored now') for line in lines)
+  assert 'How right the pseudo pairs are' in (out / 'table2.md').read_text()
+  assert '| row3 | pairs only | 1 | 50.0 | 25.0 |' in (out / 'table2.md').read_text()
+  again = FakeCLIs()
+  assert cli.main(args, runner=again, log=quiet) == 0 and again.commands == []  # kept in JSON
+
+  # A scoring that fails is one line, the run is kept without scores, and the study goes on.
+  def failing(command, log_path):
+    if 'tools.pseudo_pairs' in command:
+      raise commands.StudyError(f'tools.pseudo_pairs ... exited with 1; its log {log_path}')
+    fake(command, log_path)
+    if 'itit.train' in command:
+      os.makedirs(os.path.join(flag(command, 'workdir'), 'checkpoints'), exist_ok=True)
+
+  lines = []
+  assert cli.main(args[:-1] + ['row3,all_paired'], runner=failing,
+                  log=lambda *a, **k: lines.append(a[0])) == 0
+  failed = [line for line in lines if 'scoring its pseudo pairs failed' in line]
+  assert len(failed) == 1 and failed[0].startswith('all_paired-seed1: ')
+  result = json.loads((out / 'cells' / 'all_paired-seed1.json').read_text())
+  assert result['pseudo_pairs'] is None and result['metrics']['shapes/i2t_exact'] == 0.1
+
+
+def test_pseudo_pairs_table_is_the_mean_over_seeds_at_each_step():
+  cells = design.make_cells(plan.CELLS['laptop'])
+  rows = lambda caption, image: [
+      {'step': 400, 'pseudo_caption/exact': caption, 'pseudo_image/exact': image},
+      {'step': 1200, 'pseudo_caption/exact': caption + 0.1, 'pseudo_image/exact': image}]
+  results = {'row14': [dict(seed=1, pseudo_pairs=rows(0.5, 0.2)),
+                       dict(seed=2, pseudo_pairs=rows(0.7, 0.4)),
+                       dict(seed=3, pseudo_pairs=None)],
+             'row3': [dict(seed=1)]}
+  table = tables.pseudo_pairs_markdown(cells, results).splitlines()
+  assert table[0] == ('| cell | what | seeds | pseudo captions exact %, step 400 | pseudo captions '
+                      'exact %, step 1200 | pseudo images exact %, step 400 | pseudo images '
+                      'exact %, step 1200 |')
+  assert len(table) == 3 and table[2].startswith('| row14 | full cycles (ITIT) | 2 |')
+  assert table[2].endswith('| 60.0 ± 14.1 | 70.0 ± 14.1 | 30.0 ± 14.1 | 30.0 ± 14.1 |')
+  assert tables.pseudo_pairs_markdown(cells, {'row3': [dict(seed=1)]}) == ''
 
 
 def write_cell(out, name, row, extra, as_pairs, seed, metrics, extra_scenes, paired_records=400):

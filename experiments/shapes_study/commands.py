@@ -47,6 +47,9 @@ class Paths:
   def cell_json(self, run: design.Run) -> str:
     return os.path.join(self.out, 'cells', f'{run.name}.json')
 
+  def pseudo_pairs(self, run: design.Run) -> str:
+    return os.path.join(self.run(run), 'pseudo_pairs.json')
+
   def step_times(self, cell_name: str) -> str:
     return os.path.join(self.out, 'step_times', f'{cell_name}.json')
 
@@ -135,6 +138,14 @@ def train_command(run: design.Run, paths: Paths, budget, counts, fid: bool) -> l
            f'--config=configs/shapes.py:{train_config_arg(run, budget)}',
            f'--workdir={paths.run(run)}']
           + flag_args(train_overrides(run, paths, budget, counts, fid)))
+
+
+def pseudo_pairs_command(run: design.Run, paths: Paths) -> list[str]:
+  """`tools.pseudo_pairs` over a finished run's kept checkpoints, on its dataset's unpaired data
+  (as-pairs cells have none: the 'mixed' dataset's, which the table's cycles read)."""
+  dataset = 'mixed' if run.cell.dataset == 'pairs' else run.cell.dataset
+  return [sys.executable, '-m', 'tools.pseudo_pairs', f'--workdir={paths.run(run)}',
+          f'--data_dir={paths.data(dataset)}', f'--out={paths.pseudo_pairs(run)}']
 
 
 def sample_command(run: design.Run, paths: Paths, budget, prompts, out: str) -> list[str]:

@@ -77,8 +77,28 @@ def image_tokenizer_of(data_dir: str) -> str | None:
   return None
 
 
-def execute_run(run, paths, budget, fid: bool, runner=run_command) -> dict:
-  """Trains (or resumes) and evaluates one run, copies its sample grids, writes its JSON."""
+def pseudo_pair_rows(run, paths, runner=run_command, log=print) -> list[dict] | None:
+  """How right a finished run's pseudo pairs are at each kept checkpoint (`tools.pseudo_pairs`
+  rows, made once and kept in its workdir). None where its checkpoints are gone, or where the
+  tool failed: said in one line, and the study goes on (the scores are a diagnostic)."""
+  out = paths.pseudo_pairs(run)
+  if not os.path.isfile(out):
+    if not os.path.isdir(os.path.join(paths.run(run), 'checkpoints')):
+      return None
+    try:
+      runner(commands.pseudo_pairs_command(run, paths), paths.log(run.name))
+    except commands.StudyError as error:
+      log(f'{run.name}: scoring its pseudo pairs failed, left out: {str(error).splitlines()[0]}')
+      return None
+    if not os.path.isfile(out):
+      log(f'{run.name}: scoring its pseudo pairs wrote no {out}, left out')
+      return None
+  return commands.read_json(out)['rows']
+
+
+def execute_run(run, paths, budget, fid: bool, runner=run_command, log=print) -> dict:
+  """Trains (or resumes) and evaluates one run, copies its sample grids, scores its pseudo pairs
+  (untimed), writes its JSON."""
   workdir = paths.run(run)
   counts = design.cell_counts(run.cell, budget)
   total_steps = commands.train_config(run, paths, budget, counts).total_steps
@@ -107,6 +127,7 @@ def execute_run(run, paths, budget, fid: bool, runner=run_command) -> dict:
       image_tokenizer=image_tokenizer_of(paths.data(run.cell.dataset)),
       seconds=time.time() - start, timed=not (resumed or finished), command=shlex.join(command),
       finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+  result['pseudo_pairs'] = pseudo_pair_rows(run, paths, runner, log)
   shards.write_json_atomic(paths.cell_json(run), result)
   return result
 
@@ -128,10 +149,16 @@ def execute_runs(runs, paths, budget, fid: bool, runner=run_command, log=print,
       if kept.get('timed'):
         done_estimates.append(estimates[run.name])
         done_seconds.append(kept['seconds'])
-      log(f'{prefix}: done earlier, kept ({json_path})')
+      scored = ''
+      # A run from before the study scored pseudo pairs, whose checkpoints are still here.
+      rows = None if kept.get('pseudo_pairs') else pseudo_pair_rows(run, paths, runner, log)
+      if rows:
+        shards.write_json_atomic(json_path, dict(kept, pseudo_pairs=rows))
+        scored = '; its pseudo pairs scored now'
+      log(f'{prefix}: done earlier, kept ({json_path}){scored}')
       continue
     log(f'{prefix}: {run.cell.what}; training (log: {paths.log(run.name)})', flush=True)
-    result = execute_run(run, paths, budget, fid, runner)
+    result = execute_run(run, paths, budget, fid, runner, log)
     if result['timed']:
       done_estimates.append(estimates[run.name])
       done_seconds.append(result['seconds'])

@@ -149,6 +149,16 @@ def write_report(cells, paths) -> str:
         table += (f'\nEach synthesis setting minus the preset ({plan.FAST_CYCLES_CELL}) on the '
                   'same seed and VQGAN, in points (mean ± std, seeds ahead, paired t-test\'s p): '
                   'what a setting buys or loses against the preset.\n\n' + against_preset)
+  pseudo_pairs = tables.pseudo_pairs_markdown(cells, results)
+  if pseudo_pairs:
+    table += ('\n## How right the pseudo pairs are\n\nThe cycles train each direction on pseudo '
+              'pairs the other makes of the unpaired data: a caption of each unpaired image '
+              '(eq. 4), an image drawn from each unpaired text (eq. 3). The losses see only '
+              'whether a pair agrees with itself; here each is parsed against the scene it '
+              'should show (`python -m tools.pseudo_pairs`, the training code\'s synthesis, '
+              'every unpaired image and text of the level at each kept checkpoint, though the '
+              'figure-5 cells read only part of them; cells without cycles included: the pairs their model would have made). The as-pairs '
+              'cells have trained on some of those scenes as pairs.\n\n' + pseudo_pairs)
   swept = any(c.name in results for c in sweep_cells)
   if swept:
     table += ('\n## Paired-fraction sweep\n\nRow 14 with more of the scenes paired (the rest '

@@ -356,6 +356,34 @@ NOVEL_LEAD_METRICS = (('shapes_novel_test/i2t_exact', 'novel-look captions exact
                       ('shapes_novel_test/t2i_exact', 'novel-look drawings exact %'))
 
 
+# tools.pseudo_pairs' figures of a run (its JSON's 'pseudo_pairs' rows, one per kept step).
+PSEUDO_PAIR_METRICS = (('pseudo_caption/exact', 'pseudo captions exact %'),
+                       ('pseudo_image/exact', 'pseudo images exact %'))
+
+
+def pseudo_pairs_markdown(cells, results) -> str:
+  """A row per cell with scored runs: how many of the pseudo pairs its model makes of the
+  unpaired data are right, at each kept step (mean ± std over seeds). '' when no run has them."""
+  scored = {c.name: [r for r in results.get(c.name, []) if r.get('pseudo_pairs')] for c in cells}
+  steps = sorted({row['step'] for runs in scored.values() for r in runs
+                  for row in r['pseudo_pairs']})
+  if not steps:
+    return ''
+  header = ['cell', 'what', 'seeds'] + [f'{label}, step {step}'
+                                        for _, label in PSEUDO_PAIR_METRICS for step in steps]
+  lines = ['| ' + ' | '.join(header) + ' |', '|---|---|---:|' + '---:|' * (len(header) - 3)]
+  for cell in cells:
+    runs = scored[cell.name]
+    if not runs:
+      continue
+    row = [cell.name, cell.what, str(len(runs))]
+    for metric, _ in PSEUDO_PAIR_METRICS:
+      row += [format_cell([x[metric] for r in runs for x in r['pseudo_pairs']
+                           if x['step'] == step and metric in x], 100.0) for step in steps]
+    lines.append('| ' + ' | '.join(row) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
 def headline(results, name: str = 'row14', reference: str = 'row3',
              bound: str = 'all_paired') -> str:
   """One sentence: the fraction of the gap that `name` closes in each direction, or ''."""
