@@ -118,7 +118,7 @@ def test_the_training_synthesis_makes_the_pairs(world):
       image_fn=image_fn)
   assert first == again and sorted(first) == sorted(
       f'{kind}/{k}' for kind in ('pseudo_caption', 'pseudo_image')
-      for k in pseudo_pairs.ATTRIBUTES)
+      for k in pseudo_pairs.METRICS)
   assert all(0.0 <= v <= 1.0 for v in first.values())
   captions = caption_fn(tiny_params, image_tokens)
   assert captions.shape == (4, config.model.max_text_len)

@@ -41,7 +41,8 @@ from itit.models import vqgan
 from itit.trainer import checkpointing
 from itit.trainer import run as run_lib
 
-ATTRIBUTES = ('exact', 'color', 'shape', 'size', 'region')
+# What a pseudo pair is scored on (scene_metrics' keys).
+METRICS = ('exact', 'color', 'shape', 'size', 'region')
 
 
 def _read_field(folder: str, field: str, count: int, identities: dict) -> np.ndarray:
@@ -143,13 +144,13 @@ def pseudo_pair_scores(config, model, params, truth: UnpairedTruth, *, seed: int
   for name, predicted, target in (('pseudo_caption', caption_scenes, truth.image_scenes),
                                   ('pseudo_image', image_scenes, truth.text_scenes)):
     metrics = scenes.scene_metrics(predicted, target)
-    scores.update({f'{name}/{k}': float(metrics[k]) for k in ATTRIBUTES})
+    scores.update({f'{name}/{k}': float(metrics[k]) for k in METRICS})
   return scores, caption_fn, image_fn
 
 
 def format_table(rows: list[dict]) -> str:
   """A Markdown table: a row per checkpoint, exact and per-attribute % of both kinds."""
-  keys = [f'{kind}/{k}' for kind in ('pseudo_caption', 'pseudo_image') for k in ATTRIBUTES]
+  keys = [f'{kind}/{k}' for kind in ('pseudo_caption', 'pseudo_image') for k in METRICS]
   lines = ['| step | ' + ' | '.join(k.replace('/', ' ') + ' %' for k in keys) + ' |',
            '|---:|' + '---:|' * len(keys)]
   for row in rows:
