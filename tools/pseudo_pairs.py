@@ -165,11 +165,12 @@ def parse_steps(text: str | None, kept: list[int], workdir: str) -> list[int]:
   try:
     steps = sorted({int(s) for s in text.split(',') if s.strip()})
   except ValueError:
-    raise errors.UserError(f'--steps takes comma-separated checkpoint steps, got {text!r}') from None
+    raise errors.UserError(
+        f'--steps takes comma-separated checkpoint steps, got {text!r}') from None
   missing = [s for s in steps if s not in kept]
   if missing or not steps:
     raise errors.UserError(f'{workdir} has no checkpoint at step(s) {missing or text!r}; '
-                           f'it keeps {kept}')
+                           f'it keeps {kept} (pass some of those, or no --steps for all)')
   return steps
 
 

@@ -157,8 +157,9 @@ def write_report(cells, paths) -> str:
               'whether a pair agrees with itself; here each is parsed against the scene it '
               'should show (`python -m tools.pseudo_pairs`, the training code\'s synthesis, '
               'every unpaired image and text of the level at each kept checkpoint, though the '
-              'figure-5 cells read only part of them; cells without cycles included: the pairs their model would have made). The as-pairs '
-              'cells have trained on some of those scenes as pairs.\n\n' + pseudo_pairs)
+              'figure-5 cells read only part of them; cells without cycles included: the pairs '
+              'their model would have made). The as-pairs cells have trained on some of those '
+              'scenes as pairs.\n\n' + pseudo_pairs)
   swept = any(c.name in results for c in sweep_cells)
   if swept:
     table += ('\n## Paired-fraction sweep\n\nRow 14 with more of the scenes paired (the rest '
