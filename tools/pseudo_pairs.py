@@ -112,16 +112,6 @@ def load_unpaired_truth(data_dir: str, data_config, *, count: int,
                         vqgan.detokenizer_fn(vq_params, vq_config, batch_size))
 
 
-def _batched(fn, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-  """fn over `inputs` in batches of `batch_size` (the last padded by repetition, then cut)."""
-  outputs = []
-  for start in range(0, len(inputs), batch_size):
-    chunk = inputs[start:start + batch_size]
-    padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
-    outputs.append(np.asarray(fn(padded, start))[:len(chunk)])
-  return np.concatenate(outputs)
-
-
 def pseudo_pair_scores(config, model, params, truth: UnpairedTruth, *, seed: int,
                        batch_size: int, caption_fn=None, image_fn=None):
   """-> ({'pseudo_caption/<metric>', 'pseudo_image/<metric>': value}, caption_fn, image_fn).
@@ -134,10 +124,12 @@ def pseudo_pair_scores(config, model, params, truth: UnpairedTruth, *, seed: int
     image_fn = jax.jit(lambda p, ids, rng: cycles.t2i2t_pseudo_pair(
         p, {'text_ids': ids}, rng, model=model, config=config)['pseudo_image'])
   rng = jax.random.PRNGKey(seed)
-  captions = _batched(lambda tokens, _: caption_fn(params, tokens), truth.image_tokens,
-                      batch_size)
-  images = _batched(lambda ids, start: image_fn(params, ids, jax.random.fold_in(rng, start)),
-                    truth.text_ids, batch_size)
+  captions = common.batched(lambda tokens, _: caption_fn(params, tokens), truth.image_tokens,
+                            batch_size)
+  # Each batch's key folds in its first example's index.
+  images = common.batched(
+      lambda ids, index: image_fn(params, ids, jax.random.fold_in(rng, index * batch_size)),
+      truth.text_ids, batch_size)
   caption_scenes = [shapes_parse.parse_caption(t) for t in truth.text_tokenizer.decode(captions)]
   image_scenes = shapes_parse.parse_images(truth.detokenize(images))
   scores = {}
