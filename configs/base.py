@@ -160,7 +160,8 @@ def paper_config(size='B'):
       encoder_grad_scale=1.0,
       # Not in the paper (0: cycles from the first step): the cycle losses join at this step,
       # the steps before it train on the other losses only and skip the synthesis. For short
-      # runs, whose early pseudo pairs are noise (docs/results/ANALYSIS.md).
+      # runs, whose early pseudo pairs are noise
+      # (docs/results/standard_2026-11-28/ANALYSIS.md).
       start_step=0,
   ))
   config.optimizer = ml_collections.ConfigDict(dict(

@@ -4,11 +4,12 @@ r"""The shapes-world study: table 2's rows and a figure-5 scaling curve, trained
   python -m experiments.shapes_study --out OUT --quick         # a smoke run, under 10 minutes
   python -m experiments.shapes_study --out OUT --dry_run       # the plan and its commands
   python -m experiments.shapes_study --out OUT --report_only   # only rewrite the report
-  python -m experiments.shapes_study --out docs/results/ --level standard  # the 32-px study
+  python -m experiments.shapes_study --out OUT --level standard         # the 32-px study
 
 `--level` picks the shapes world's level (plan.py): `laptop` (the default: one object at 24x24,
-9 image tokens, minutes a run) or `standard` (up to two objects at 32x32, 64 tokens, the study
-in docs/results/). Each level has its own cells and budgets; --quick is the level's smoke run.
+9 image tokens, minutes a run) or `standard` (up to two objects at 32x32, 64 tokens, the
+archived study in docs/results/standard_2026-11-28/). Each level has its own cells and budgets;
+--quick is the level's smoke run.
 
 Steps: VQGAN tokenizer (or --vqgan DIR) -> token shards 'mixed' (the paired fraction + unpaired
 images and texts from disjoint scenes), 'pairs' (every training scene paired) and, for the
@@ -65,8 +66,8 @@ def parse_args(argv):
   parser.add_argument('--vqgan', help='a trained itit.train_tokenizer workdir to reuse')
   parser.add_argument('--level', default='laptop', choices=sorted(plan.LEVELS),
                       help='the shapes world\'s level (default laptop; standard: the 32-px '
-                      'world of docs/results/; cheap_cycles: the laptop level\'s cheap '
-                      'pseudo-pair synthesis against the paper\'s)')
+                      'world of docs/results/standard_2026-11-28/; cheap_cycles: the laptop '
+                      'level\'s cheap pseudo-pair synthesis against the paper\'s)')
   parser.add_argument('--quick', action='store_true', help='the level\'s quick cells '
                       f'({plan.QUICK_CELLS["laptop"]} at the laptop level), 1 seed, small '
                       'budget: a smoke run of the level')

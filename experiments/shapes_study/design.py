@@ -30,9 +30,9 @@ def cycle_warmup(start_step: int) -> tuple[tuple[str, int], ...]:
   """The ITIT recipe of the scaling curve: the cycles join at `start_step` (plan.py: halfway).
 
   Row 14 with cycles from step 0 trains on pseudo pairs that are still noise early on, and at
-  the standard level's budget ended below pairs only (docs/results/ANALYSIS.md, sections 1-3),
-  which would make the curve a measure of that, not of how much unpaired data buys; its
-  full-data point is drawn on its own.
+  the standard level's budget ended below pairs only
+  (docs/results/standard_2026-11-28/ANALYSIS.md, sections 1-3), which would make the curve a
+  measure of that, not of how much unpaired data buys; its full-data point is drawn on its own.
   """
   return (('cycle.start_step', start_step),)
 

@@ -6,7 +6,7 @@ levels of the shapes world (`--level`):
   takes minutes, so every cell has 3 to 5 seeds, and compositional cells ask whether the
   unpaired data teaches the looks no pair shows.
 - 'standard': the 32-px world with up to two objects, 64 image tokens and 20,000 training
-  scenes, the level of the study in docs/results/.
+  scenes, the level of the archived study in docs/results/standard_2026-11-28/.
 
 CELLS, BUDGETS and LEVELS are the whole plan; `python -m experiments.shapes_study --dry_run`
 prints the commands they make.
@@ -164,7 +164,8 @@ STANDARD_CELLS = (
     ('row12', 12, 1.0, False, 3, 'full I2T2I cycle'),
     ('row14', 14, 1.0, False, 3, 'full cycles (ITIT)'),
     # Not in the paper: the cycles join at step 400 of 800, once the model's pseudo pairs are
-    # better than noise (docs/results/ANALYSIS.md); steps before it are row-3 steps.
+    # better than noise (docs/results/standard_2026-11-28/ANALYSIS.md); steps before it are
+    # row-3 steps.
     ('row14_warmup', 14, 1.0, False, 3,
      f'full cycles from step {_standard_step} (cycle warm-up)', STANDARD_WARMUP),
     ('all_paired', 3, 1.0, True, 3, 'upper bound: every training scene as a pair'),
